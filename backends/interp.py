@@ -1,0 +1,150 @@
+"""The reference interpreter: runs a module with numpy through each op's declared `ref`.
+
+It defines what every op means. Besides computing, it checks each result against the op's
+declared type (dtype exactly; shape with symbolic dims bound consistently), so a wrong shape
+rule or a wrong reference function is caught the first time it runs.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ckir.errors import CkirError
+from ckir.ir import Block, Graph, Module, Op
+from ckir.types import Sym, TensorType
+
+
+def storage_shape(t: TensorType, shape) -> tuple:
+    """The numpy shape holding a tensor of type `t` with logical `shape` (block-quantized types
+    are raw bytes)."""
+    d = t.dtype
+    if d.is_quant:
+        return tuple(shape[:-1]) + (shape[-1] // d.block_size * d.block_bytes,)
+    return tuple(shape)
+
+
+def check_value(arr, t: TensorType, bind: dict, what: str) -> None:
+    """Check that `arr` holds a tensor of type `t`, binding named dims in `bind`."""
+    d = t.dtype
+    want = np.dtype(np.uint8) if d.is_quant else d.np
+    if not isinstance(arr, np.ndarray):
+        raise CkirError(f"{what}: expected an array, got {type(arr).__name__}")
+    if arr.dtype != want:
+        raise CkirError(f"{what}: expected {d}, got {arr.dtype}")
+    if arr.ndim != t.rank:
+        raise CkirError(f"{what}: expected rank {t.rank} ({t}), got shape {list(arr.shape)}")
+    shape = arr.shape
+    for i, dim in enumerate(t.shape):
+        have = shape[i]
+        if d.is_quant and i == t.rank - 1:
+            if have % d.block_bytes:
+                raise CkirError(f"{what}: innermost byte length {have} is not a whole number of "
+                                f"{d} blocks ({d.block_bytes} bytes)")
+            have = have // d.block_bytes * d.block_size
+        if type(dim) is int:
+            if have != dim:
+                raise CkirError(f"{what}: dim {i} is {have}, type {t} says {dim}")
+        elif dim.name is not None:
+            b = bind.get(dim.name)
+            if b is None:
+                if dim.bound is not None and have > dim.bound:
+                    raise CkirError(f"{what}: dim {i} ({dim.name}) is {have}, above its bound {dim.bound}")
+                bind[dim.name] = have
+            elif b != have:
+                raise CkirError(f"{what}: dim {i} ({dim.name}) is {have}, but {dim.name} = {b} elsewhere")
+
+
+def resolve_attrs(op: Op, bind: dict) -> dict:
+    """Attributes with symbolic dims (in 'shape' attributes) replaced by their bound sizes."""
+    attrs = op.attrs
+    for k, a in op.opdef.attrs.items():
+        if a.kind == "shape" and attrs[k] is not None and any(type(x) is Sym for x in attrs[k]):
+            vals = []
+            for x in attrs[k]:
+                if type(x) is Sym:
+                    if x.name not in bind:
+                        raise CkirError(f"{op.location()}: dim '{x.name}' is not bound by any input")
+                    x = bind[x.name]
+                vals.append(x)
+            attrs = dict(attrs)
+            attrs[k] = tuple(vals)
+    return attrs
+
+
+class Interpreter:
+    """Runs graphs of `module`; `weights` maps a weight name to its array (memory-mapped)."""
+
+    def __init__(self, module: Module):
+        self.module = module
+        self._last_use: dict[int, dict] = {}
+
+    def weight(self, name: str) -> np.ndarray:
+        w = self.module.weights.get(name)
+        if w is None:
+            raise CkirError(f"no weight @{name}")
+        return w.array(self.module.base_dir)
+
+    def _plan(self, block: Block) -> dict:
+        """For each op, the values whose last use it is (so memory is released early)."""
+        key = id(block)
+        plan = self._last_use.get(key)
+        if plan is None:
+            last: dict = {}
+            for op in block:
+                for v in op.operands:
+                    last[v] = op
+            plan = {}
+            for v, op in last.items():
+                plan.setdefault(op, []).append(v)
+            self._last_use[key] = plan
+        return plan
+
+    def run_block(self, block: Block, args: list, bind: dict) -> list:
+        env = dict(zip(block.args, args))
+        plan = self._plan(block)
+        for op in block:
+            od = op.opdef
+            if "terminator" in od.traits:
+                return [env[v] for v in op.operands]
+            arrays = [env[v] for v in op.operands]
+            extra = {}
+            if od.name == "ckir.weight":
+                extra["weights"] = self.weight
+            if op.regions:
+                extra["regions"] = [self._region_fn(r, bind) for r in op.regions]
+            try:
+                outs = od.ref(arrays, resolve_attrs(op, bind), **extra)
+            except CkirError as e:
+                raise CkirError(f"{op.location()}: {e}") from None
+            except (ValueError, TypeError, IndexError, FloatingPointError, ZeroDivisionError) as e:
+                raise CkirError(f"{op.location()}: failed at run time: {e}") from None
+            if len(outs) != len(op.results):
+                raise CkirError(f"{op.location()}: reference gave {len(outs)} results, "
+                                f"declared {len(op.results)}")
+            for r, a in zip(op.results, outs):
+                if not isinstance(a, np.ndarray):
+                    a = np.asarray(a)
+                check_value(a, r.type, bind, f"{op.location()}: result {r.index}")
+                env[r] = a
+            for v in plan.get(op, ()):
+                env.pop(v, None)
+        raise CkirError("block has no terminator")
+
+    def _region_fn(self, region: Block, bind: dict):
+        def run(*args):
+            for a, v in zip(args, region.args):
+                check_value(np.asarray(a), v.type, bind, f"region argument {v.index}")
+            return self.run_block(region, list(args), bind)
+        return run
+
+    def run(self, graph: Graph, inputs: list, bind: dict) -> list:
+        return self.run_block(graph, inputs, bind)
+
+
+class InterpBackend:
+    name = "interp"
+
+    def compile(self, module: Module, graph: Graph, **options):
+        if options:
+            raise CkirError(f"interp backend takes no options, got {', '.join(options)}")
+        interp = Interpreter(module)
+        return lambda inputs, bind: interp.run(graph, inputs, bind)

@@ -1,0 +1,100 @@
+"""Element types: plain numeric types and GGML block-quantized types.
+
+A block-quantized type packs `block_size` consecutive elements of the innermost dimension into
+`block_bytes` bytes. Values of such types are stored as raw bytes: a tensor of logical shape
+(..., K) is held in memory as uint8 of shape (..., K // block_size * block_bytes).
+"""
+from __future__ import annotations
+
+import ml_dtypes
+import numpy as np
+
+from .errors import CkirError
+
+
+class DType:
+    __slots__ = ("name", "kind", "bits", "np", "block_size", "block_bytes")
+
+    def __init__(self, name, kind, bits, np_dtype=None, block_size=1, block_bytes=None):
+        self.name = name
+        self.kind = kind  # 'f' float, 'i' signed int, 'u' unsigned int, 'b' bool, 'q' block-quantized
+        self.bits = bits  # bits per element (for 'q': effective, informational)
+        self.np = np.dtype(np_dtype) if np_dtype is not None else None
+        self.block_size = block_size
+        self.block_bytes = block_bytes if block_bytes is not None else bits // 8
+
+    is_float = property(lambda self: self.kind == "f")
+    is_int = property(lambda self: self.kind in "iu")
+    is_bool = property(lambda self: self.kind == "b")
+    is_quant = property(lambda self: self.kind == "q")
+
+    def nbytes(self, numel: int) -> int:
+        if self.kind == "q":
+            return numel // self.block_size * self.block_bytes
+        if self.kind == "b":
+            return numel
+        return numel * self.bits // 8
+
+    def __repr__(self):
+        return self.name
+
+    __str__ = __repr__
+
+    def __reduce__(self):
+        return (dtype, (self.name,))
+
+
+_DTYPES: dict[str, DType] = {}
+
+
+def _add(*args, **kw) -> DType:
+    d = DType(*args, **kw)
+    _DTYPES[d.name] = d
+    return d
+
+
+f64 = _add("f64", "f", 64, np.float64)
+f32 = _add("f32", "f", 32, np.float32)
+f16 = _add("f16", "f", 16, np.float16)
+bf16 = _add("bf16", "f", 16, ml_dtypes.bfloat16)
+i64 = _add("i64", "i", 64, np.int64)
+i32 = _add("i32", "i", 32, np.int32)
+i16 = _add("i16", "i", 16, np.int16)
+i8 = _add("i8", "i", 8, np.int8)
+u8 = _add("u8", "u", 8, np.uint8)
+bool_ = _add("bool", "b", 8, np.bool_)
+
+# GGML block layouts (ggml-common.h): (elements per block, bytes per block).
+_QUANT = {
+    "q4_0": (32, 18), "q4_1": (32, 20), "q5_0": (32, 22), "q5_1": (32, 24), "q8_0": (32, 34),
+    "q2_k": (256, 84), "q3_k": (256, 110), "q4_k": (256, 144), "q5_k": (256, 176),
+    "q6_k": (256, 210), "q8_k": (256, 292),
+}
+for _n, (_bs, _bb) in _QUANT.items():
+    _add(_n, "q", _bb * 8 // _bs, None, block_size=_bs, block_bytes=_bb)
+
+FLOATS = tuple(d for d in _DTYPES.values() if d.kind == "f")
+INTS = tuple(d for d in _DTYPES.values() if d.kind in "iu")
+QUANTS = tuple(d for d in _DTYPES.values() if d.kind == "q")
+ALL = tuple(_DTYPES.values())
+
+
+def dtype(x) -> DType:
+    """Look up a DType by name ('f32'), by numpy dtype, or pass one through."""
+    if isinstance(x, DType):
+        return x
+    if isinstance(x, str) and x in _DTYPES:
+        return _DTYPES[x]
+    try:
+        npd = np.dtype(x)
+    except TypeError:
+        raise CkirError(f"unknown dtype {x!r}; known: {', '.join(_DTYPES)}") from None
+    for d in _DTYPES.values():
+        if d.np == npd:
+            return d
+    raise CkirError(f"numpy dtype {npd} has no ckir equivalent")
+
+
+def names() -> list[str]:
+    return list(_DTYPES)
+

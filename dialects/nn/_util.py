@@ -1,0 +1,60 @@
+"""Helpers shared by nn declarations: axis handling, dtype checks, gradient plumbing, costs."""
+from __future__ import annotations
+
+import math
+
+from ckir.errors import ShapeError
+from ckir.opdef import Cost
+from ckir.types import TensorType, concrete
+
+
+def norm_axis(axis: int, rank: int) -> int:
+    if not -rank <= axis < rank:
+        raise ShapeError(f"axis {axis} is out of range for rank {rank}")
+    return axis % rank
+
+
+def norm_axes(axes, rank: int) -> tuple[int, ...]:
+    """Sorted, non-negative axes; None means all axes. Duplicates are an error."""
+    if axes is None:
+        return tuple(range(rank))
+    out = sorted(norm_axis(a, rank) for a in axes)
+    if len(set(out)) != len(out):
+        raise ShapeError(f"repeated axis in {list(axes)}")
+    return tuple(out)
+
+
+def same_dtype(*types: TensorType):
+    d = types[0].dtype
+    for t in types[1:]:
+        if t.dtype is not d:
+            raise ShapeError(f"operands have different dtypes {d} and {t.dtype}; insert nn.cast")
+    return d
+
+
+def unbroadcast(b, g, t: TensorType):
+    """Sum the gradient `g` (of a broadcast result) back to the operand type `t`."""
+    if g.type is t:
+        return g
+    lead = g.type.rank - t.rank
+    if lead:
+        g = b.nn.sum(g, axes=list(range(lead)))
+    axes = [i for i, d in enumerate(t.shape) if d == 1 and g.type.shape[i] != 1]
+    if axes:
+        g = b.nn.sum(g, axes=axes, keepdims=True)
+    return g
+
+
+def numel(t: TensorType, bind=None) -> int:
+    return math.prod(concrete(t.shape, bind))
+
+
+def data_movement_cost(op, bind) -> Cost:
+    """Copies: no FLOPs, reads the operands, writes the results."""
+    return Cost(0, sum(v.type.nbytes(bind) for v in op.operands),
+                sum(v.type.nbytes(bind) for v in op.results))
+
+
+def view_cost(op, bind) -> Cost:
+    """Reinterprets bytes: moves nothing."""
+    return Cost()

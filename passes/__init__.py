@@ -1,0 +1,1 @@
+"""ckir's own passes; each module registers one pass on import."""
