@@ -1,2 +1,2 @@
 """The nn dialect: tensor ops for MLPs, CNNs and transformers."""
-from . import core, elementwise, linalg, reduce, shape  # noqa: F401
+from . import attention, conv, core, data, elementwise, linalg, norm, reduce, shape  # noqa: F401

@@ -1,0 +1,46 @@
+"""Walks the op registry: every op must be completely declared and pass the generic checks
+(tests/opcheck.py) on each of its examples."""
+import numpy as np
+import pytest
+
+import ckir
+from ckir.opdef import NotDifferentiable
+from opcheck import check_cost, check_vjp, roundtrip, run_example
+
+# Ops that examples cannot exercise alone, and the tests that cover them instead.
+STRUCTURAL = {
+    "ckir.return": "ends every graph: every test module round-trips it",
+    "ckir.weight": "needs a module weight: tests/test_ir.py::test_weight_op_roundtrip_and_run",
+}
+
+OPS = sorted(ckir.all_ops(), key=lambda o: o.name)
+EXAMPLES = [(o, i) for o in OPS for i in range(len(o.examples))]
+
+
+@pytest.mark.parametrize("opdef", OPS, ids=lambda o: o.name)
+def test_declaration_is_complete(opdef):
+    missing = [p for p in ("infer", "ref", "cost", "vjp") if not opdef.has(p)]
+    assert not missing, f"{opdef.name} lacks {', '.join(missing)}"
+    assert callable(opdef.vjp) or isinstance(opdef.vjp, NotDifferentiable), \
+        f"{opdef.name}: vjp must be a rule or not_differentiable(reason)"
+    assert opdef.doc, f"{opdef.name} has no doc text"
+    if opdef.name not in STRUCTURAL:
+        assert opdef.examples, f"{opdef.name} has no examples (they drive its round-trip test)"
+
+
+@pytest.mark.parametrize("opdef,i", EXAMPLES, ids=lambda x: x.name if hasattr(x, "name") else str(x))
+def test_example_runs_roundtrips_and_costs(opdef, i):
+    m, xs, outs = run_example(opdef, opdef.examples[i])
+    roundtrip(m)
+    check_cost(opdef, m)
+
+
+DIFF = [o for o in OPS if callable(o.vjp) and o.examples and o.operands]  # leaves have nothing to check
+
+
+@pytest.mark.parametrize("opdef", DIFF, ids=lambda o: o.name)
+def test_vjp_matches_finite_differences(opdef):
+    checked = 0
+    for i, ex in enumerate(opdef.examples):
+        checked += check_vjp(opdef, ex, np.random.default_rng(i))
+    assert checked, f"{opdef.name}: no example has float64 inputs and outputs to check its VJP"
