@@ -98,8 +98,8 @@ def save(module: Module, path: str, *, inline_limit: int = INLINE_WEIGHT_BYTES) 
                 if not os.path.isabs(src) and module.base_dir is not None:
                     src = os.path.join(module.base_dir, src)
                 w.data = FileSource(os.path.relpath(os.path.abspath(src), out_dir), d.offset)
-            elif d is not None and np.asarray(d).nbytes > inline_limit or (
-                    d is not None and w.type.dtype.is_quant):
+            elif d is not None and not w.inline and (
+                    np.asarray(d).nbytes > inline_limit or w.type.dtype.is_quant):
                 arr = np.ascontiguousarray(w.array())
                 blobs.append((offset, arr))
                 w.data = FileSource(os.path.basename(bin_path), offset)

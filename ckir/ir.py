@@ -312,11 +312,12 @@ class FileSource:
 
 class Weight:
     """A named parameter. `data` is a numpy array (in memory), a FileSource, or None when the
-    bytes are not available (printed from memory and parsed back)."""
-    __slots__ = ("name", "type", "data", "_cached")
+    bytes are not available (printed from memory and parsed back). `inline` arrays print in
+    the text whatever their size (set for weights parsed from inline text)."""
+    __slots__ = ("name", "type", "data", "inline", "_cached")
 
-    def __init__(self, name: str, type: TensorType, data=None):
-        self.name, self.type, self.data = name, type, data
+    def __init__(self, name: str, type: TensorType, data=None, inline: bool = False):
+        self.name, self.type, self.data, self.inline = name, type, data, inline
         self._cached = None
 
     def array(self, base_dir: str | None = None) -> np.ndarray:

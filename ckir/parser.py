@@ -242,7 +242,7 @@ class Parser:
             data = given.get(name)
         else:
             raise self.error(f"expected dense<...>, file(...) or memory, got {self.describe(tok)}")
-        m.weights[name] = Weight(name, t, data)
+        m.weights[name] = Weight(name, t, data, inline=tok[0] == "dense")
 
     def args(self, scope: dict, block_pos: int):
         names, types = [], []

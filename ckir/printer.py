@@ -15,8 +15,8 @@ from .opdef import Dense, SymbolRef
 from .types import Sym, TensorType
 
 _BARE = re.compile(r"[A-Za-z_][A-Za-z0-9_.$]*\Z")
-INLINE_ELEMENTS = 16       # dense values up to this many elements print as lists, larger as hex
-INLINE_WEIGHT_BYTES = 64   # in-memory weights up to this size print inline, larger as `memory`
+INLINE_ELEMENTS = 64       # dense values up to this many elements print as lists, larger as hex
+INLINE_WEIGHT_BYTES = 256  # in-memory weights up to this size print inline, larger as `memory`
 
 
 def ident(name: str) -> str:
@@ -154,7 +154,7 @@ def fmt_weight(w, inline_limit=INLINE_WEIGHT_BYTES) -> str:
     d = w.data
     if isinstance(d, FileSource):
         src = f"file({json.dumps(d.path)}, offset = {d.offset})"
-    elif d is not None and np.asarray(d).nbytes <= inline_limit and not w.type.dtype.is_quant:
+    elif d is not None and not w.type.dtype.is_quant and (w.inline or np.asarray(d).nbytes <= inline_limit):
         src = fmt_dense(Dense(np.asarray(d))).rsplit(" : ", 1)[0]
     else:
         src = "memory"

@@ -103,9 +103,12 @@ class P:
         return pattern_rule(self, fn)
 
     def __repr__(self):
-        head = "|".join(self.ops) if self.ops else "*"
-        inner = ", ".join(map(repr, self.operands))
-        return f"{head}({inner})" + (f"@{self.name}" if self.name else "")
+        if self.const is not None:
+            return "const" if self.const[0] is None else repr(self.const[0])
+        if self.ops is None:
+            return self.name or "_"
+        head = "|".join(self.ops)
+        return f"{head}({', '.join(map(repr, self.operands))})" if self.operands else head
 
 
 def pattern_rule(pat: P, fn, name: str | None = None) -> Rule:

@@ -1,1 +1,2 @@
 """ckir's own passes; each module registers one pass on import."""
+from . import canonicalize, cse, dce, specialize  # noqa: F401

@@ -1,0 +1,270 @@
+"""The `ckir` command line: opt, run, dump, passes.
+
+A user error prints one line `error: ...` to stderr and exits 1; `--debug` shows the traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import numpy as np
+
+from .errors import CkirError
+
+EPILOG = "Run 'ckir COMMAND --help' for a command's options."
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--plugin", action="append", default=[], metavar="FILE.py",
+                   help="load a Python file that registers passes (repeatable)")
+    p.add_argument("--debug", action="store_true", help="show a traceback on errors")
+
+
+def _passes_arg(p, default=None):
+    p.add_argument("--passes", "-p", default=default, metavar="PIPELINE",
+                   help="pass pipeline, e.g. 'canonicalize,cse,dce' or 'specialize{seq=128}' "
+                        "(see 'ckir passes')")
+
+
+def _bind(items) -> dict:
+    out = {}
+    for it in items or []:
+        k, sep, v = it.partition("=")
+        if not sep or not k:
+            raise CkirError(f"--bind expects NAME=SIZE, got '{it}'")
+        try:
+            out[k] = int(v)
+        except ValueError:
+            raise CkirError(f"--bind {k}: size must be an integer, got '{v}'") from None
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="ckir", description="ckir: a graph IR and optimizer for AI models on CPUs. "
+        "Load a model (.ckir text IR), run passes, inspect and run it.", epilog=EPILOG)
+    ap.add_argument("--version", action="version", version=f"ckir {_version()}")
+    sub = ap.add_subparsers(dest="cmd", metavar="COMMAND")
+
+    p = sub.add_parser("opt", help="run a pass pipeline and print or save the IR",
+                       description="Run a pass pipeline on a model and print the resulting IR "
+                       "(or write it with -o). The IR is verified before and after every pass.")
+    p.add_argument("input", help="model file (.ckir)")
+    _passes_arg(p, "")
+    p.add_argument("-o", "--output", help="write the IR here (big in-memory weights go to OUTPUT.bin)")
+    p.add_argument("--print-ir-before-all", action="store_true", help="print the IR before each pass (stderr)")
+    p.add_argument("--print-ir-after-all", action="store_true", help="print the IR after each pass (stderr)")
+    p.add_argument("--print-ir-after-change", action="store_true",
+                   help="print the IR after each pass that changed it (stderr)")
+    p.add_argument("--timing", action="store_true", help="report the time each pass took (stderr)")
+    p.add_argument("--stats", action="store_true", help="report pass statistics (stderr)")
+    p.add_argument("--no-verify", action="store_true", help="do not verify between passes")
+    p.add_argument("--dump-on-failure", metavar="FILE", help="if a pass fails, write the IR it received to FILE")
+    _common(p)
+
+    p = sub.add_parser("run", help="run a model on inputs from .npy files",
+                       description="Run a model's graph with the given backend and print (or save) "
+                       "its outputs. Inputs come from .npy files or, with --random, are generated.")
+    p.add_argument("input", help="model file (.ckir)")
+    p.add_argument("--input", "-i", dest="inputs", action="append", default=[], metavar="NAME=FILE.npy",
+                   help="an input array (repeatable)")
+    p.add_argument("--random", action="store_true",
+                   help="generate random values for inputs not given (symbolic dims from --bind, "
+                        "else their bound, else 1)")
+    p.add_argument("--seed", type=int, default=0, help="seed for --random (default 0)")
+    p.add_argument("--bind", action="append", metavar="NAME=SIZE", help="size of a symbolic dim for --random")
+    _passes_arg(p)
+    p.add_argument("--backend", default="interp", help="backend (default: interp)")
+    p.add_argument("--graph", help="graph to run (default: the only one, or @main)")
+    p.add_argument("-o", "--output", metavar="OUT.npz", help="save the outputs to an .npz file")
+    p.add_argument("--print-ir", action="store_true", help="print the IR that runs (after passes)")
+    _common(p)
+
+    p = sub.add_parser("dump", help="summarize a model: signature, ops by kind, weights, FLOPs and bytes",
+                       description="Summarize a model from its op declarations: graph signatures, "
+                       "ops by kind, weight bytes, and FLOPs and bytes moved estimated from each "
+                       "op's declared cost.")
+    p.add_argument("input", help="model file (.ckir)")
+    _passes_arg(p)
+    p.add_argument("--bind", action="append", metavar="NAME=SIZE",
+                   help="size of a symbolic dim for the estimates")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    _common(p)
+
+    p = sub.add_parser("passes", help="list registered passes and their options",
+                       description="List every registered pass (ours, entry-point plugins and "
+                       "--plugin files) with its options, types and defaults.")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    _common(p)
+    return ap
+
+
+def _version() -> str:
+    from . import __version__
+    return __version__
+
+
+def _load(path: str, passes: str | None):
+    import ckir
+    m = ckir.load(path)
+    if passes:
+        ckir.run_pipeline(m, passes)
+    return m
+
+
+def cmd_opt(a) -> int:
+    import ckir
+    m = ckir.load(a.input)
+    ckir.PassManager(a.passes, verify=not a.no_verify, print_ir_before_all=a.print_ir_before_all,
+                     print_ir_after_all=a.print_ir_after_all,
+                     print_ir_after_change=a.print_ir_after_change, timing=a.timing, stats=a.stats,
+                     dump_on_failure=a.dump_on_failure).run(m)
+    if a.output:
+        ckir.save(m, a.output)
+    else:
+        sys.stdout.write(m.print())
+        lost = [w.name for w in m.weights.values() if _prints_as_memory(w)]
+        if lost:
+            print(f"warning: {len(lost)} weight(s) print as 'memory' (their bytes are not in the "
+                  f"text, e.g. @{lost[0]}); use -o FILE to save them", file=sys.stderr)
+    return 0
+
+
+def _prints_as_memory(w) -> bool:
+    from .printer import fmt_weight
+    return fmt_weight(w).endswith("= memory")
+
+
+def _random_input(t, bind: dict, rng) -> np.ndarray:
+    shape = []
+    for d in t.shape:
+        if type(d) is int:
+            shape.append(d)
+        elif d.name in bind:
+            shape.append(bind[d.name])
+        else:
+            size = min(d.bound, 4) if d.bound is not None else 1
+            if d.name:
+                bind[d.name] = size
+            shape.append(size)
+    dt = t.dtype
+    if dt.is_float:
+        return rng.standard_normal(shape).astype(dt.np)
+    if dt.is_int:
+        return rng.integers(0, 4, shape).astype(dt.np)
+    if dt.is_bool:
+        return rng.random(shape) < 0.5
+    raise CkirError(f"cannot generate random {dt} inputs")
+
+
+def cmd_run(a) -> int:
+    import ckir
+    m = _load(a.input, a.passes)
+    f = ckir.compile(m, backend=a.backend, graph=a.graph)
+    given = {}
+    for it in a.inputs:
+        name, sep, path = it.partition("=")
+        if not sep or not name or not path:
+            raise CkirError(f"--input expects NAME=FILE.npy, got '{it}'")
+        if name not in f.input_names:
+            raise CkirError(f"graph @{f.graph.name} has no input '{name}' (inputs: {', '.join(f.input_names)})")
+        try:
+            given[name] = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as e:
+            raise CkirError(f"--input {name}: cannot read {path}: {e}") from None
+    missing = [n for n in f.input_names if n not in given]
+    if missing and not a.random:
+        raise CkirError(f"missing input{'s' if len(missing) > 1 else ''} {', '.join(missing)} "
+                        "(give --input NAME=FILE.npy, or --random)")
+    bind = _bind(a.bind)
+    rng = np.random.default_rng(a.seed)
+    for n, t in zip(f.input_names, f.input_types):
+        if n not in given:
+            given[n] = _random_input(t, bind, rng)
+    if a.print_ir:
+        sys.stdout.write(m.print() + "\n")
+    outs = f(**given)
+    if a.output:
+        np.savez(a.output, **outs)
+        print(f"wrote {len(outs)} output{'s' if len(outs) != 1 else ''} to {a.output}")
+    else:
+        for n, v in outs.items():
+            print(f"{n}: {v.dtype}{list(v.shape)}")
+            print(np.array2string(v, threshold=64, edgeitems=3, precision=5))
+    return 0
+
+
+def cmd_dump(a) -> int:
+    from .report import format_summary, summarize
+    m = _load(a.input, a.passes)
+    s = summarize(m, _bind(a.bind))
+    if a.json:
+        print(json.dumps(s, indent=2))
+    else:
+        sys.stdout.write(format_summary(s))
+    return 0
+
+
+def cmd_passes(a) -> int:
+    import dataclasses
+    import typing
+    from .pipeline import registered_passes
+    out = []
+    for name, cls in registered_passes().items():
+        hints = typing.get_type_hints(cls)
+        opts = [{"name": f.name, "type": getattr(hints[f.name], "__name__", str(hints[f.name])),
+                 "default": None if f.default is dataclasses.MISSING else f.default}
+                for f in dataclasses.fields(cls)]
+        doc = (cls.__doc__ or "").strip().splitlines()
+        out.append({"name": name, "doc": doc[0] if doc else "", "options": opts,
+                    "open_options": cls.open_options, "module": cls.__module__})
+    if a.json:
+        print(json.dumps(out, indent=2, default=str))
+        return 0
+    for p in out:
+        print(f"{p['name']:<16} {p['doc']}")
+        for o in p["options"]:
+            print(f"    {o['name']}: {o['type']} = {o['default']}")
+        if p["open_options"]:
+            print("    NAME=int ...  (any symbolic dim name)")
+    return 0
+
+
+COMMANDS = {"opt": cmd_opt, "run": cmd_run, "dump": cmd_dump, "passes": cmd_passes}
+
+
+def main(argv=None) -> int:
+    ap = build_parser()
+    a = ap.parse_args(argv)
+    if a.cmd is None:
+        ap.print_help()
+        return 1
+    try:
+        from .pipeline import load_plugin
+        for path in a.plugin:
+            load_plugin(path)
+        return COMMANDS[a.cmd](a)
+    except CkirError as e:
+        if a.debug:
+            raise
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        print(f"error: {msg}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    except Exception as e:
+        if a.debug:
+            raise
+        print(f"error: internal error: {type(e).__name__}: {e} (rerun with --debug for a traceback; "
+              "this is a bug in ckir)", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
