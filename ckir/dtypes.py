@@ -71,7 +71,7 @@ _QUANT = {
     "q6_k": (256, 210), "q8_k": (256, 292),
 }
 for _n, (_bs, _bb) in _QUANT.items():
-    _add(_n, "q", _bb * 8 // _bs, None, block_size=_bs, block_bytes=_bb)
+    globals()[_n] = _add(_n, "q", _bb * 8 // _bs, None, block_size=_bs, block_bytes=_bb)
 
 FLOATS = tuple(d for d in _DTYPES.values() if d.kind == "f")
 INTS = tuple(d for d in _DTYPES.values() if d.kind in "iu")

@@ -444,13 +444,18 @@ class OpDef:
 
 
 def compatible(declared: TensorType, inferred: TensorType) -> bool:
-    """A declared type may refine an inferred one: anonymous dims on either side match anything."""
+    """A declared type may refine an inferred one: anonymous dims on either side match anything,
+    and named dims match by name."""
     if declared is inferred:
         return True
     if declared.dtype is not inferred.dtype or declared.rank != inferred.rank:
         return False
     for a, b in zip(declared.shape, inferred.shape):
-        if a == b or (type(a) is Sym and a.name is None) or (type(b) is Sym and b.name is None):
+        if a == b:
+            continue
+        if type(a) is Sym and (a.name is None or type(b) is Sym and b.name == a.name):
+            continue        # a bound is a property of the name, checked module-wide
+        if type(b) is Sym and b.name is None:
             continue
         return False
     return True

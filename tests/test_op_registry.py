@@ -11,6 +11,7 @@ from opcheck import check_cost, check_vjp, roundtrip, run_example
 STRUCTURAL = {
     "ckir.return": "ends every graph: every test module round-trips it",
     "ckir.weight": "needs a module weight: tests/test_ir.py::test_weight_op_roundtrip_and_run",
+    "test.call": "declared by tests/conftest.py to exercise regions: tests/test_ir.py",
 }
 
 OPS = sorted(ckir.all_ops(), key=lambda o: o.name)
