@@ -185,7 +185,7 @@ def broadcast_shapes(*shapes) -> tuple:
 
 
 def fmt_shape(shape) -> str:
-    return "[" + ", ".join(str(d) for d in shape) + "]"
+    return "[" + ", ".join(str(d) if type(d) is not Sym else (d.name or "?") for d in shape) + "]"
 
 
 def dims_product(dims):

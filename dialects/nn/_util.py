@@ -58,3 +58,15 @@ def data_movement_cost(op, bind) -> Cost:
 def view_cost(op, bind) -> Cost:
     """Reinterprets bytes: moves nothing."""
     return Cost()
+
+
+def broadcasts_to(shape, target) -> bool:
+    """Whether `shape` broadcasts to `target` (numpy rules, right-aligned) without enlarging it.
+    Symbolic dims that cannot be compared statically are assumed to fit; the interpreter checks
+    them at run time."""
+    if len(shape) > len(target):
+        return False
+    for s, t in zip(reversed(shape), reversed(target)):
+        if s != 1 and s != t and type(s) is int and type(t) is int:
+            return False
+    return True

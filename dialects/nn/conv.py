@@ -471,9 +471,9 @@ class conv_input_grad:
     attrs = CONV_ATTRS
     traits = {"pure"}
     examples = (Ex("f32[2,4,5]", "f32[4,3,3]", "f32[2,3,7]"),
-                Ex("f32[1,6,3,3]", "f32[6,2,3,2]", "f32[1,4,6,5]", strides=[2, 1],
+                Ex("f32[1,6,4,4]", "f32[6,2,3,2]", "f32[1,4,6,5]", strides=[2, 1],
                    pads=[1, 0, 2, 1], dilations=[1, 2], groups=2),
-                Ex("f32[1,2,4,2,3]", "f32[2,2,2,3,2]", "f32[1,2,5,4,4]", strides=[1, 2, 1],
+                Ex("f32[1,2,5,2,4]", "f32[2,2,2,3,2]", "f32[1,2,5,4,4]", strides=[1, 2, 1],
                    pads=[0, 1, 1, 1, 0, 0]))
 
     def infer(g, w, x, *, strides, pads, dilations, groups):
@@ -513,7 +513,7 @@ class conv_weight_grad:
     attrs = CONV_ATTRS
     traits = {"pure"}
     examples = (Ex("f32[2,3,7]", "f32[2,4,5]", "f32[4,3,3]"),
-                Ex("f32[1,4,6,5]", "f32[1,6,3,3]", "f32[6,2,3,2]", strides=[2, 1],
+                Ex("f32[1,4,6,5]", "f32[1,6,4,4]", "f32[6,2,3,2]", strides=[2, 1],
                    pads=[1, 0, 2, 1], dilations=[1, 2], groups=2),
                 Ex("f32[2,3,9]", "f32[2,3,3]", "f32[3,1,3]", groups=3, strides=[3], dilations=[2],
                    pads=[2, 1]))

@@ -255,16 +255,12 @@ def _slice_index(shape, spec):
     return tuple(idx)
 
 
-def _spec(x, op_attrs):
-    return _slice_spec(x.ndim if isinstance(x, np.ndarray) else x.rank, **op_attrs)
-
-
 def _slice_attrs(op):
     return {k: op.attrs[k] for k in ("starts", "ends", "axes", "steps")}
 
 
 @declare
-class slice:
+class slice_:     # not `slice`: the builtin is used above
     """ONNX Slice: along each axes[i], take elements starts[i], starts[i] + steps[i], ... up to
     but excluding ends[i]. Negative starts/ends count from the end of the axis; then a start is
     clamped to [0, dim] ([0, dim-1] for a negative step) and an end to [0, dim] ([-1, dim-1] for a
@@ -599,8 +595,8 @@ class tile_grad:
     def ref(g, like, *, repeats):
         if list(g.shape) != _tile_shape(like.shape, repeats):
             raise ShapeError(f"g has shape {list(g.shape)}, want {_tile_shape(like.shape, repeats)}")
-        split = [v for r, d in zip(repeats, like.shape) for v in (r, d)]
-        y = _wide(g).reshape(split).sum(axis=tuple(range(0, len(split), 2)))
+        dims = [v for r, d in zip(repeats, like.shape) for v in (r, d)]
+        y = _wide(g).reshape(dims).sum(axis=tuple(range(0, len(dims), 2)))
         return np.asarray(y, g.dtype)
 
     def vjp(b, op, dy):

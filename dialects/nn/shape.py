@@ -60,7 +60,7 @@ class reshape:
                     d = ANYDIM
             out.append(d)
         if -1 not in shape and same_syms and xs != ss:
-            raise ShapeError(f"cannot reshape {x} ({xs} elements) to {fmt_shape(shape)}")
+            raise ShapeError(f"cannot reshape {x} to {fmt_shape(shape)}: the sizes differ")
         return x.with_shape(out)
 
     def ref(x, *, shape):
