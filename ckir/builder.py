@@ -59,7 +59,8 @@ class Builder:
         return self.insert(Op(opdef, operands, result_types, attrs, regions, loc or self.loc))
 
     def op(self, name: str, *operands, **attrs):
-        """`create` for the common case; returns the result Value, or a tuple of them."""
+        """`create` for the common case; returns the result Value, or a tuple of them for ops
+        with several (or a variadic number of) results."""
         opdef = get_op(name)
         flat = list(_flatten(operands))
         # a Python number takes the dtype of the first non-bool Value operand
@@ -67,7 +68,9 @@ class Builder:
         ref = next((v for v in given if not v.type.dtype.is_bool), given[0] if given else None)
         vals = [v if isinstance(v, Value) else self._lift(v, ref, name) for v in flat]
         op = self.create(opdef, vals, attrs)
-        return op.results[0] if len(op.results) == 1 else op.results
+        if opdef.variadic_results or len(op.results) != 1:
+            return op.results
+        return op.results[0]
 
     def _lift(self, x, ref: Value | None, name: str) -> Value:
         if isinstance(x, (bool, int, float, np.ndarray, np.generic)):

@@ -73,6 +73,8 @@ _QUANT = {
 for _n, (_bs, _bb) in _QUANT.items():
     globals()[_n] = _add(_n, "q", _bb * 8 // _bs, None, block_size=_bs, block_bytes=_bb)
 
+_BY_NP = {d.np: d for d in _DTYPES.values() if d.np is not None}
+_BY_NP.update({d.np.type: d for d in _DTYPES.values() if d.np is not None})
 FLOATS = tuple(d for d in _DTYPES.values() if d.kind == "f")
 INTS = tuple(d for d in _DTYPES.values() if d.kind in "iu")
 QUANTS = tuple(d for d in _DTYPES.values() if d.kind == "q")
@@ -85,14 +87,17 @@ def dtype(x) -> DType:
         return x
     if isinstance(x, str) and x in _DTYPES:
         return _DTYPES[x]
+    d = _BY_NP.get(x)
+    if d is not None:
+        return d
     try:
         npd = np.dtype(x)
     except TypeError:
         raise CkirError(f"unknown dtype {x!r}; known: {', '.join(_DTYPES)}") from None
-    for d in _DTYPES.values():
-        if d.np == npd:
-            return d
-    raise CkirError(f"numpy dtype {npd} has no ckir equivalent")
+    d = _BY_NP.get(npd)
+    if d is None:
+        raise CkirError(f"numpy dtype {npd} has no ckir equivalent")
+    return d
 
 
 def names() -> list[str]:

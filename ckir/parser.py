@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import bisect
+import gc
 import json
 import re
 
@@ -26,9 +27,9 @@ from .opdef import Bare, Dense, SymbolRef, lookup
 from .types import ANY, Sym, TensorType
 
 _NAME = r'(?:[A-Za-z_][A-Za-z0-9_.$]*|"(?:[^"\\\n]|\\.)*")'
-_TOKEN = re.compile(r"""
-    (?P<ws>\s+|//[^\n]*)
-  | (?P<value>%(?:\d+|""" + _NAME + r"""))
+# Leading whitespace and comments are consumed with each token, which halves the matches.
+_TOKEN = re.compile(r"""(?:\s+|//[^\n]*)*(?:
+    (?P<value>%(?:\d+|""" + _NAME + r"""))
   | (?P<sym>@""" + _NAME + r""")
   | (?P<type>tensor<[^>]*>)
   | (?P<dense>dense<[^>]*>)
@@ -38,7 +39,8 @@ _TOKEN = re.compile(r"""
   | (?P<ident>[A-Za-z_][A-Za-z0-9_.$]*)
   | (?P<punct>[=,(){}\[\]:])
   | (?P<bad>.)
-""", re.VERBOSE | re.DOTALL)
+  | (?P<end>\Z)
+)""", re.VERBOSE | re.DOTALL)
 _DIM = re.compile(r"(\d+|\?|\[(?:([A-Za-z_][A-Za-z0-9_]*)|\?)(?:<=(\d+))?\])x")
 _TYPE_CACHE: dict[str, TensorType] = {}
 
@@ -120,9 +122,9 @@ class Parser:
         toks = []
         for m in _TOKEN.finditer(text):
             k = m.lastgroup
-            if k == "ws":
-                continue
-            toks.append((k, m.group(), m.start()))
+            if k == "end" or k is None:
+                break
+            toks.append((k, m.group(k), m.start(k)))
         toks.append(("eof", "", len(text)))
         self.toks = toks
         self.i = 0
@@ -131,7 +133,7 @@ class Parser:
     # --- errors and tokens ----------------------------------------------------------------------
     def where(self, pos: int) -> tuple[str, int, int]:
         if self._lines is None:
-            self._lines = [i for i, c in enumerate(self.text) if c == "\n"]
+            self._lines = [m.start() for m in re.finditer("\n", self.text)]
         line = bisect.bisect_left(self._lines, pos)
         col = pos - (self._lines[line - 1] + 1 if line else 0)
         return self.filename, line + 1, col + 1
@@ -460,8 +462,15 @@ def parse(text: str, filename: str = "<string>", weights: dict | None = None) ->
     """Parse a module from text. `weights` supplies data for weights printed as `memory`."""
     if not isinstance(text, str):
         raise ParseError(f"{filename}: expected text, got {type(text).__name__}")
-    p = Parser(text, filename)
+    # The IR is full of reference cycles (values <-> ops), so the cyclic GC would scan the
+    # growing heap over and over while parsing; pausing it makes parsing linear in practice.
+    was_enabled = gc.isenabled()
+    gc.disable()
     try:
+        p = Parser(text, filename)
         return p.module(weights)
     except RecursionError:
         raise p.error("nesting too deep") from None
+    finally:
+        if was_enabled:
+            gc.enable()

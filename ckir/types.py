@@ -177,11 +177,18 @@ def broadcast_shapes(*shapes) -> tuple:
             raise ShapeError(f"cannot broadcast shapes {', '.join(fmt_shape(s) for s in shapes)}")
         if static:
             out.append(static.pop())
-        elif all(d is non1[0] for d in non1):
-            out.append(non1[0])
+        elif non1[0].name is not None and all(d.name == non1[0].name for d in non1):
+            out.append(next((d for d in non1 if d.bound is not None), non1[0]))
         else:
             out.append(ANY)
     return tuple(out)
+
+
+def with_bounds(dims, *types) -> tuple:
+    """Dims from an attribute (named dims are stored by name only) with the bounds their names
+    carry in `types`."""
+    known = {d.name: d for t in types for d in t.shape if type(d) is Sym and d.name}
+    return tuple(known.get(d.name, d) if type(d) is Sym and d.name else d for d in dims)
 
 
 def fmt_shape(shape) -> str:

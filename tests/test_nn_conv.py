@@ -3,7 +3,6 @@ torch.autograd backward, float64) and onnx.reference for ONNX corners torch cann
 (asymmetric pads with ceil_mode or count_include_pad, dilated average pooling)."""
 import ml_dtypes
 import numpy as np
-import onnx
 import pytest
 import torch
 import torch.nn.functional as F
@@ -225,8 +224,8 @@ def torch_max_pool(x, a):
 
 AVG_TORCH = [  # symmetric pads, no dilation: torch's own avg_pool
     ((2, 3, 9), dict(kernel=[3], strides=[2], pads=[1, 1])),
-    ((2, 3, 9), dict(kernel=[3], strides=[2], pads=[1, 1], count_include_pad=True, ceil_mode=True)),
-    ((2, 2, 7, 8), dict(kernel=[3, 2], strides=[2, 2], pads=[1, 1, 1, 1], ceil_mode=True)),
+    ((2, 3, 8), dict(kernel=[3], strides=[2], pads=[1, 1], count_include_pad=True, ceil_mode=True)),
+    ((2, 2, 8, 7), dict(kernel=[3, 2], strides=[2, 2], pads=[1, 1, 1, 1], ceil_mode=True)),
     ((1, 2, 5, 6, 7), dict(kernel=[2, 3, 2], strides=[1, 2, 2], pads=[1, 1, 0, 1, 1, 0], count_include_pad=True)),
     ((2, 3, 5), dict(kernel=[2], strides=[2], pads=[1, 1], ceil_mode=True)),
     ((2, 3, 5), dict(kernel=[2], strides=[2], pads=[1, 1], ceil_mode=True, count_include_pad=True)),
@@ -311,18 +310,18 @@ def onnx_pool(kind, x, a, indices=False):
 
 MAX_ONNX = [  # ceil_mode with asymmetric pads; strides > 1 so the reference also returns indices
     ((1, 2, 7, 6), dict(kernel=[3, 2], strides=[2, 3], pads=[2, 0, 0, 1], ceil_mode=True)),
-    ((2, 1, 8), dict(kernel=[2], strides=[3], pads=[0, 2], dilations=[3], ceil_mode=True)),
+    ((2, 1, 10), dict(kernel=[2], strides=[3], pads=[0, 2], dilations=[3], ceil_mode=True)),
     ((1, 1, 5, 4, 6), dict(kernel=[2, 2, 3], strides=[2, 3, 2], pads=[1, 0, 0, 0, 1, 2],
                            dilations=[2, 1, 1], ceil_mode=True)),
 ]
 
 AVG_ONNX = [  # asymmetric pads, dilations, with and without counting pads
     ((1, 2, 7, 6), dict(kernel=[3, 2], strides=[2, 1], pads=[2, 0, 0, 1], count_include_pad=True)),
-    ((1, 2, 7, 6), dict(kernel=[3, 2], strides=[2, 1], pads=[2, 0, 0, 1], ceil_mode=True)),
+    ((1, 2, 8, 6), dict(kernel=[3, 2], strides=[2, 1], pads=[2, 0, 0, 1], ceil_mode=True)),
     ((2, 1, 9), dict(kernel=[3], strides=[2], pads=[1, 2], dilations=[2], ceil_mode=True)),
     ((2, 1, 9), dict(kernel=[3], strides=[2], pads=[1, 2], dilations=[2], ceil_mode=True, count_include_pad=True)),
     ((1, 1, 5, 4, 6), dict(kernel=[2, 2, 3], pads=[1, 0, 0, 0, 1, 2], dilations=[2, 1, 1], count_include_pad=True)),
-    ((1, 2, 8), dict(kernel=[3], strides=[2], pads=[0, 1], ceil_mode=True, count_include_pad=True)),
+    ((1, 2, 9), dict(kernel=[3], strides=[2], pads=[0, 1], ceil_mode=True, count_include_pad=True)),
 ]
 
 

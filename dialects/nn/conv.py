@@ -8,8 +8,10 @@ of them; an output size that cannot be known statically is `?`, except that a sy
 kept when the op provably preserves it (stride 1 and pads that add up to the window span minus 1).
 
 References work on strided window views and batched matmuls; f16/bf16 compute in f32 and round.
-Gradient helpers (conv_input_grad, conv_weight_grad, max_pool_grad, avg_pool_grad) take a
-`like` operand whose shape alone they read, so they stay correct for symbolic sizes.
+The gradient helpers conv_input_grad, conv_weight_grad and avg_pool_grad read only the shape of
+one operand (the tensor whose gradient they give, or the weight whose kernel size they need):
+the stride rounding makes those sizes unrecoverable from the others, and symbolic sizes are
+only known at run time.
 """
 from __future__ import annotations
 
@@ -28,7 +30,8 @@ from ._util import numel, same_dtype
 STRIDES = Attr("strides", "ints", None, doc="step per spatial axis; absent means all 1")
 PADS = Attr("pads", "ints", None,
             doc="begin pads of every spatial axis, then end pads (ONNX order); absent means all 0")
-DILATIONS = Attr("dilations", "ints", None, doc="gap between kernel taps per spatial axis; absent means all 1")
+DILATIONS = Attr("dilations", "ints", None,
+                 doc="distance between kernel taps per spatial axis; absent means all 1")
 GROUPS = Attr("groups", "int", 1, doc="channel groups; each output channel sees C/groups inputs")
 CONV_ATTRS = (STRIDES, PADS, DILATIONS, GROUPS)
 KERNEL = Attr("kernel", "ints", doc="window size per spatial axis")
@@ -40,11 +43,11 @@ COUNT_PAD = Attr("count_include_pad", "bool", False,
 
 
 # --- geometry ---------------------------------------------------------------------------------
-def _spatial_rank(t, what="x") -> int:
-    n = len(t.shape) - 2
+def _spatial_rank(x) -> int:
+    n = len(x.shape) - 2
     if not 1 <= n <= 3:
-        raise ShapeError(f"{what} must be (N, C, spatial...) with 1 to 3 spatial dims, got shape "
-                         f"{list(t.shape)}")
+        raise ShapeError(f"x must be (N, C, spatial...) with 1 to 3 spatial dims, got shape "
+                         f"{list(x.shape)}")
     return n
 
 
@@ -243,7 +246,7 @@ def _conv_weight_grad_np(x, g, kernel, strides, pads, dilations, groups):
 
 
 def _pool_geometry(x, kernel, strides, pads, dilations, ceil_mode):
-    """(out, strides, pad begins, pad ends stretched to hold every window, dilations)."""
+    """(out, strides, pad begins, pad ends, pad ends stretched to hold every window, dilations)."""
     n = x.ndim - 2
     if len(kernel) != n:
         raise ShapeError(f"kernel {list(kernel)} must have {n} entries")
@@ -251,12 +254,11 @@ def _pool_geometry(x, kernel, strides, pads, dilations, ceil_mode):
     out = _out_dims(x.shape[2:], kernel, s, pb, pe, d, ceil_mode)
     pe_all = tuple(max(e, (o - 1) * si + di * (k - 1) + 1 - m - b)
                    for e, o, si, di, k, m, b in zip(pe, out, s, d, kernel, x.shape[2:], pb))
-    return out, s, pb, pe_all, d
+    return out, s, pb, pe, pe_all, d
 
 
-def _pool_counts(x, kernel, out, s, pb, pe, pe_all, d, include_pad):
+def _pool_counts(sizes, kernel, out, s, pb, pe, pe_all, d, include_pad):
     """Divisor per output position, (1, 1, *out): counted elements in each window, at least 1."""
-    sizes = x.shape[2:]
     if include_pad:   # explicit pads count, the ceil_mode overhang does not
         region = _pad(np.ones((1, 1) + tuple(m + b + e for m, b, e in zip(sizes, pb, pe))),
                       (0,) * len(pb), tuple(a - e for a, e in zip(pe_all, pe)))
@@ -269,18 +271,17 @@ def _pool_counts(x, kernel, out, s, pb, pe, pe_all, d, include_pad):
 
 def _max_pool_np(x, *, kernel, strides, pads, dilations, ceil_mode):
     ct = _compute_dtype(x)
-    out, s, pb, pe_all, d = _pool_geometry(x, kernel, strides, pads, dilations, ceil_mode)
+    out, s, pb, _, pe_all, d = _pool_geometry(x, kernel, strides, pads, dilations, ceil_mode)
     v = _windows(_pad(x.astype(ct, copy=False), pb, pe_all, -np.inf), out, kernel, s, d)
     return v.max(axis=tuple(range(-len(kernel), 0))).astype(x.dtype)
 
 
 def _avg_pool_np(x, *, kernel, strides, pads, dilations, ceil_mode, count_include_pad):
     ct = _compute_dtype(x)
-    out, s, pb, pe_all, d = _pool_geometry(x, kernel, strides, pads, dilations, ceil_mode)
-    pe = _geometry(x.ndim - 2, strides, pads, dilations)[2]
+    out, s, pb, pe, pe_all, d = _pool_geometry(x, kernel, strides, pads, dilations, ceil_mode)
     v = _windows(_pad(x.astype(ct, copy=False), pb, pe_all), out, kernel, s, d)
     sums = v.sum(axis=tuple(range(-len(kernel), 0)))
-    counts = _pool_counts(x, kernel, out, s, pb, pe, pe_all, d, count_include_pad)
+    counts = _pool_counts(x.shape[2:], kernel, out, s, pb, pe, pe_all, d, count_include_pad)
     return (sums / counts.astype(ct)).astype(x.dtype)
 
 
@@ -292,9 +293,9 @@ def _check_pool_grad(x, g, out):
 
 def _max_pool_grad_np(x, g, *, kernel, strides, pads, dilations, ceil_mode):
     ct = _compute_dtype(x)
-    out, s, pb, pe_all, d = _pool_geometry(x, kernel, strides, pads, dilations, ceil_mode)
+    out, s, pb, _, pe_all, d = _pool_geometry(x, kernel, strides, pads, dilations, ceil_mode)
     _check_pool_grad(x, g, out)
-    n, kk = len(kernel), math.prod(kernel)
+    kk = math.prod(kernel)
     xp = _pad(x.astype(ct, copy=False), pb, pe_all, -np.inf)
     v = _windows(xp, out, kernel, s, d).reshape(x.shape[:2] + out + (kk,))
     real = _windows(_pad(np.ones((1, 1) + x.shape[2:], bool), pb, pe_all, False), out, kernel, s, d)
@@ -311,10 +312,9 @@ def _max_pool_grad_np(x, g, *, kernel, strides, pads, dilations, ceil_mode):
 
 def _avg_pool_grad_np(x, g, *, kernel, strides, pads, dilations, ceil_mode, count_include_pad):
     ct = _compute_dtype(x)
-    out, s, pb, pe_all, d = _pool_geometry(x, kernel, strides, pads, dilations, ceil_mode)
+    out, s, pb, pe, pe_all, d = _pool_geometry(x, kernel, strides, pads, dilations, ceil_mode)
     _check_pool_grad(x, g, out)
-    pe = _geometry(x.ndim - 2, strides, pads, dilations)[2]
-    share = g.astype(ct, copy=False) / _pool_counts(x, kernel, out, s, pb, pe, pe_all, d,
+    share = g.astype(ct, copy=False) / _pool_counts(x.shape[2:], kernel, out, s, pb, pe, pe_all, d,
                                                    count_include_pad).astype(ct)
     n = len(kernel)
     cols = np.broadcast_to(share.reshape(share.shape + (1,) * n), share.shape + tuple(kernel))
@@ -360,7 +360,11 @@ class conv:
 
     where g = o // (O/groups) and padding is zeros. Output sizes that depend on a symbolic input
     size are `?` unless stride 1 and pads summing to dilation*(K-1) keep the size ("same" conv).
-    The batch dim passes through."""
+    The batch dim passes through.
+
+    Gradients: x through nn.conv_input_grad (not nn.conv_transpose, whose output_padding would
+    have to be S mod stride, unknown for a symbolic S), w through nn.conv_weight_grad, bias as
+    the sum of g over batch and spatial dims."""
     name = "nn.conv"
     operands = (Operand("x", FLOAT), Operand("w", FLOAT), Operand("bias", FLOAT, optional=True))
     attrs = CONV_ATTRS
@@ -402,7 +406,7 @@ class conv:
 
 @declare
 class conv_transpose:
-    """Transposed convolution as ONNX ConvTranspose with explicit pads (the gradient of nn.conv
+    """Transposed convolution as ONNX ConvTranspose with explicit pads (the adjoint of nn.conv
     with respect to its input). x is (N, C, *S), w is (C, O/groups, *K), bias (O,) optional;
     the result is (N, O, *out) with out = (S-1)*stride + dilation*(K-1) + output_padding + 1
     - pad_begin - pad_end:
@@ -486,7 +490,8 @@ class conv_input_grad:
         s, pb, pe, d = _geometry(n, strides, pads, dilations)
         out = _out_dims(x.shape[2:], w.shape[2:], s, pb, pe, d)
         if g.shape[2:] != out or g.shape[0] != x.shape[0]:
-            raise ShapeError(f"g has shape {list(g.shape)}, conv of x {list(x.shape)} gives spatial {list(out)}")
+            raise ShapeError(f"g has shape {list(g.shape)}, conv of x {list(x.shape)} gives spatial "
+                             f"{list(out)}")
         return _conv_t_np(g, w, s, pb, pe, d, groups, x.shape[2:]).astype(x.dtype)
 
     def vjp(b, op, h):

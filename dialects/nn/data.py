@@ -260,14 +260,14 @@ def _slice_attrs(op):
 
 
 @declare
-class slice_:     # not `slice`: the builtin is used above
+class slice_:     # not `slice`, which would hide the builtin from the helpers above
     """ONNX Slice: along each axes[i], take elements starts[i], starts[i] + steps[i], ... up to
     but excluding ends[i]. Negative starts/ends count from the end of the axis; then a start is
     clamped to [0, dim] ([0, dim-1] for a negative step) and an end to [0, dim] ([-1, dim-1] for a
     negative step), so INT64_MAX / INT64_MIN mean "to the end" forward / backward. Steps may be
     negative, never 0. Axes absent: 0, 1, ...; steps absent: all 1. A slice of a symbolic dim has
-    size `?` unless it provably keeps the whole axis (start 0, end INT64_MAX, step 1, or the full
-    reverse)."""
+    size `?` unless it provably keeps the whole axis (start 0, end INT64_MAX, step 1; or start -1
+    or INT64_MAX, end INT64_MIN, step -1)."""
     name = "nn.slice"
     operands = (Operand("x", ANY),)
     attrs = SLICE_ATTRS

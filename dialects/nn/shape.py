@@ -10,7 +10,7 @@ from ckir import dtypes as dt
 from ckir.errors import ShapeError
 from ckir.opdef import ANY, FLOAT, Attr, Cost, Ex, Operand, declare, not_differentiable
 from ckir.types import ANY as ANYDIM
-from ckir.types import Sym, TensorType, broadcast_shapes, fmt_shape
+from ckir.types import TensorType, broadcast_shapes, fmt_shape, with_bounds
 
 from ._util import data_movement_cost, norm_axes, unbroadcast, view_cost
 
@@ -41,6 +41,7 @@ class reshape:
                 Ex("f32[6]", shape=[2, -1, 1]), Ex("i64[4]", shape=[2, 2]), Ex("f32[1]", shape=[]))
 
     def infer(x, *, shape):
+        shape = with_bounds(shape, x)
         if sum(1 for d in shape if d == -1) > 1:
             raise ShapeError(f"shape {fmt_shape(shape)} has more than one -1")
         xs, xn, xa = _sym_counts(x.shape)
@@ -212,7 +213,7 @@ class expand:
     def infer(x, *, shape):
         if any(d == -1 for d in shape):
             raise ShapeError("expand shapes cannot hold -1")
-        return x.with_shape(broadcast_shapes(x.shape, shape))
+        return x.with_shape(broadcast_shapes(x.shape, with_bounds(shape, x)))
 
     def ref(x, *, shape):
         return np.ascontiguousarray(np.broadcast_to(x, np.broadcast_shapes(x.shape, tuple(shape))))
