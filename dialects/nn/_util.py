@@ -32,8 +32,10 @@ def same_dtype(*types: TensorType):
     return d
 
 
-def unbroadcast(b, g, t: TensorType):
-    """Sum the gradient `g` (of a broadcast result) back to the operand type `t`."""
+def unbroadcast(b, g, x):
+    """Sum the gradient `g` of a broadcast result back to operand `x` (a Value, or just its
+    TensorType)."""
+    t = x if isinstance(x, TensorType) else x.type
     if g.type is t:
         return g
     lead = g.type.rank - t.rank
@@ -42,6 +44,8 @@ def unbroadcast(b, g, t: TensorType):
     axes = [i for i, d in enumerate(t.shape) if d == 1 and g.type.shape[i] != 1]
     if axes:
         g = b.nn.sum(g, axes=axes, keepdims=True)
+    if g.type is not t and not isinstance(x, TensorType):
+        g = b.nn.reshape_like(g, x)   # the result can be vaguer than x: `?` where x has a name
     return g
 
 

@@ -13,10 +13,7 @@ from ckir.types import ANY as ANYDIM
 from ckir.types import TensorType, broadcast_shapes, concrete, fmt_shape, same_dim
 
 from ._util import broadcasts_to, data_movement_cost, norm_axis, numel, same_dtype, unbroadcast
-
-
-def _wide(x):
-    return x.astype(np.float32) if x.dtype.itemsize < 4 else x
+from .norm import _wide
 
 
 # --- rope --------------------------------------------------------------------------------------
@@ -61,9 +58,9 @@ class rope:
     (linear RoPE scaling; a negative scale turns backwards, which is how the gradient is built).
 
     Precision: angles, cos, sin and the rotation are computed in float64 for every dtype and
-    rounded once to x's dtype. This is the exact rotation; implementations that form angles in
-    float32 (HF transformers, llama.cpp) differ by up to about |position| * 2^-24 radians, i.e.
-    visibly at positions in the tens of thousands.
+    rounded once to x's dtype: the rotation correctly rounded up to float64 noise.
+    Implementations that form angles in float32 (HF transformers, llama.cpp) are off by up to
+    about |position * scale| * 2^-23 radians, visibly so at positions in the tens of thousands.
 
     Gradient: the rotation is orthogonal, so dx is the rope of dy with the opposite angle.
     Integer positions get none; float positions get sum over pairs of
@@ -74,7 +71,7 @@ class rope:
              Attr("interleaved", "bool", False, doc="pair (2i, 2i+1) instead of (i, i + rd/2)"),
              Attr("rotary_dim", "int", None, doc="rotate only the first rotary_dim channels"),
              Attr("scale", "float", 1.0, doc="positions are multiplied by it"))
-    traits = {"pure"}
+    traits = {"pure", "inplace"}
     examples = (Ex("f32[5,2,8]", Arg("i64[5,1]", 0, 50)),
                 Ex("f32[2,3,5,6]", Arg("i32[5]", 0, 1000), interleaved=True),
                 Ex("f32[4,10]", Arg("f32[4]", -20.0, 20.0), rotary_dim=6, theta=500.0),
@@ -113,7 +110,8 @@ class rope:
             return [dx, None]
         d = x.type.shape[-1]
         if type(d) is not int:
-            raise CkirError(f"nn.rope: the gradient for float positions needs a static last dim, x is {x.type}")
+            raise CkirError(f"nn.rope: the gradient for float positions needs a static last dim, "
+                            f"x is {x.type}")
         # d(pair)/d(angle) is the pair turned by a further 90 degrees: rope with every angle pi/2
         rd = _rotary_dim(at["rotary_dim"], d)
         turned = b.nn.rope(op.results[0], b.constant(np.pi / 2, np.float64), theta=1.0,
@@ -189,9 +187,9 @@ def _like(b, g, x):
 
 @declare
 class repeat_interleave:
-    """Repeat each slice along `axis` `repeats` times in place: y[..., j, ...] = x[..., j //
-    repeats, ...] (torch.repeat_interleave; it turns kv heads into query heads for
-    grouped-query attention)."""
+    """Repeat each slice along `axis` `repeats` times, the copies side by side:
+    y[..., j, ...] = x[..., j // repeats, ...] (torch.repeat_interleave; it turns kv heads into
+    query heads for grouped-query attention)."""
     name = "nn.repeat_interleave"
     operands = (Operand("x", ANY),)
     attrs = (Attr("repeats", "int"), Attr("axis", "int"))
@@ -343,7 +341,8 @@ class attention:
                                  f"{fmt_shape((hq, tq, tk))}")
             batch.append(mask.shape[:-3])
         if window is not None and (not causal or window < 1):
-            raise ShapeError(f"window must be >= 1 and needs causal = true (window {window}, causal {causal})")
+            raise ShapeError(f"window must be >= 1 and needs causal = true (window {window}, "
+                             f"causal {causal})")
         if softcap is not None and softcap <= 0:
             raise ShapeError(f"softcap must be positive, got {softcap}")
         return TensorType(broadcast_shapes(*batch) + (hq, tq, v.shape[-1]), q.dtype)
@@ -354,7 +353,8 @@ class attention:
             raise ShapeError(f"query heads {hq} are not a multiple of kv heads {hkv}")
         f = np.float64 if q.dtype == np.float64 else np.float32
         k_, v_ = (np.repeat(t.astype(f), hq // hkv, axis=-3) for t in (k, v))
-        s = np.matmul(q.astype(f), np.swapaxes(k_, -1, -2)) * f(1 / math.sqrt(q.shape[-1]) if scale is None else scale)
+        scale = 1 / math.sqrt(q.shape[-1]) if scale is None else scale
+        s = np.matmul(q.astype(f), np.swapaxes(k_, -1, -2)) * f(scale)
         if softcap is not None:
             s = np.tanh(s / f(softcap)) * f(softcap)
         visible = None
@@ -387,7 +387,7 @@ class attention:
             scale = 1 / math.sqrt(d)
         else:
             scale = b.nn.rsqrt(b.nn.size(q, axes=[q.type.rank - 1], dtype=q.type.dtype))
-        # recompute the probabilities exactly as the forward does
+        # recompute the probabilities as the forward does
         s = b.nn.mul(b.nn.matmul(q, kr, transpose_b=True), scale)
         t = None
         if at["softcap"] is not None:
@@ -415,7 +415,7 @@ class attention:
         dv = b.nn.matmul(p, g, transpose_a=True)
         dp = b.nn.matmul(g, vr, transpose_b=True)
         ds = b.nn.mul(p, b.nn.sub(dp, b.nn.sum(b.nn.mul(dp, p), axes=[-1], keepdims=True)))
-        dmask = unbroadcast(b, ds, mask.type) if float_mask else None
+        dmask = unbroadcast(b, ds, mask) if float_mask else None
         if t is not None:
             ds = b.nn.mul(ds, b.nn.sub(1.0, b.nn.mul(t, t)))
         ds = b.nn.mul(ds, scale)
@@ -423,7 +423,7 @@ class attention:
         dk = b.nn.matmul(ds, q, transpose_a=True)
         if group != 1:
             dk, dv = (b.nn.group_sum(x, size=group, axis=-3) for x in (dk, dv))
-        grads = [unbroadcast(b, dq, q.type), unbroadcast(b, dk, k.type), unbroadcast(b, dv, v.type)]
+        grads = [unbroadcast(b, dq, q), unbroadcast(b, dk, k), unbroadcast(b, dv, v)]
         return grads + ([dmask] if mask is not None else [])
 
     def cost(op, bind):

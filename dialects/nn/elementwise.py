@@ -183,8 +183,8 @@ def binary(name, fn, grads, doc, *, dtypes=NUMERIC, flops=1, commutative=False, 
             if g is None or not a.type.dtype.is_float:
                 return [None, None]
             ga, gc = _grads(b, a, c, op.results[0], g)
-            return [None if ga is None else unbroadcast(b, ga, a.type),
-                    None if gc is None else unbroadcast(b, gc, c.type)]
+            return [None if ga is None else unbroadcast(b, ga, a),
+                    None if gc is None else unbroadcast(b, gc, c)]
     traits = BINARY_TRAITS | ({"commutative"} if commutative else set())
     if out_dtype is not None:
         traits = traits - {"inplace"}
@@ -281,8 +281,8 @@ class where:
         if g is None or not x.type.dtype.is_float:
             return [None, None, None]
         zero = b.constant(0, g.type.dtype.np)
-        return [None, unbroadcast(b, b.nn.where(cond, g, zero), x.type),
-                unbroadcast(b, b.nn.where(cond, zero, g), y.type)]
+        return [None, unbroadcast(b, b.nn.where(cond, g, zero), x),
+                unbroadcast(b, b.nn.where(cond, zero, g), y)]
 
 
 @declare

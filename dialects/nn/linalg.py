@@ -73,7 +73,7 @@ class matmul:
         mm = bld.nn.matmul
         da = mm(b_, g_, transpose_a=tb, transpose_b=True) if ta else mm(g_, b_, transpose_b=not tb)
         db = mm(g_, a_, transpose_a=True, transpose_b=ta) if tb else mm(a_, g_, transpose_a=not ta)
-        da, db = unbroadcast(bld, da, a_.type), unbroadcast(bld, db, b_.type)
+        da, db = unbroadcast(bld, da, a_), unbroadcast(bld, db, b_)
         if a1:
             da = bld.nn.squeeze(da, axes=[0])
         if b1:

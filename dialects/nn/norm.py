@@ -66,7 +66,7 @@ class softmax:
     name = "nn.softmax"
     operands = (Operand("x", FLOAT),)
     attrs = (_AXIS,)
-    traits = {"pure"}
+    traits = {"pure", "inplace"}
     examples = _SOFTMAX_EX
     infer = _axis_infer
     ref = _softmax_ref
@@ -88,7 +88,7 @@ class log_softmax:
     name = "nn.log_softmax"
     operands = (Operand("x", FLOAT),)
     attrs = (_AXIS,)
-    traits = {"pure"}
+    traits = {"pure", "inplace"}
     examples = _SOFTMAX_EX
     infer = _axis_infer
     ref = _log_softmax_ref
@@ -165,7 +165,7 @@ class layer_norm:
                 Operand("bias", FLOAT, optional=True))
     attrs = (Attr("axis", "int", -1, doc="first normalized axis"),
              Attr("eps", "float", 1e-5, doc="added to the variance"))
-    traits = {"pure"}
+    traits = {"pure", "inplace"}
     # per element: sum 1, subtract 1, square and sum 2, normalize 1, + 1 per affine operand;
     # per row: two divisions by N, add eps, rsqrt (5)
     cost = _norm_cost(5, 8)
@@ -197,9 +197,9 @@ class layer_norm:
         dx = b.nn.mul(r, b.nn.sub(b.nn.sub(dxhat, mean(dxhat)), b.nn.mul(xhat, mean(b.nn.mul(dxhat, xhat)))))
         grads = [dx]
         if scale is not None:
-            grads.append(unbroadcast(b, b.nn.mul(g, xhat), scale.type))
+            grads.append(unbroadcast(b, b.nn.mul(g, xhat), scale))
         if bias is not None:
-            grads.append(unbroadcast(b, g, bias.type))
+            grads.append(unbroadcast(b, g, bias))
         return grads
 
 
@@ -217,7 +217,7 @@ class rms_norm:
     operands = (Operand("x", FLOAT), Operand("scale", FLOAT, optional=True))
     attrs = (Attr("axis", "int", -1, doc="first normalized axis"),
              Attr("eps", "float", 1e-6, doc="added to the mean square"))
-    traits = {"pure"}
+    traits = {"pure", "inplace"}
     # per element: square and sum 2, normalize 1, + 1 with a scale; per row: divide by N, add
     # eps, rsqrt (5)
     cost = _norm_cost(3, 7)
@@ -243,4 +243,4 @@ class rms_norm:
         dxhat = g if scale is None else b.nn.mul(g, scale)
         m = b.nn.mean(b.nn.mul(dxhat, xhat), axes=axes, keepdims=True)
         dx = b.nn.mul(r, b.nn.sub(dxhat, b.nn.mul(xhat, m)))
-        return [dx] if scale is None else [dx, unbroadcast(b, b.nn.mul(g, xhat), scale.type)]
+        return [dx] if scale is None else [dx, unbroadcast(b, b.nn.mul(g, xhat), scale)]

@@ -221,7 +221,7 @@ class expand:
     def vjp(b, op, g):
         if g is None:
             return [None]
-        return [unbroadcast(b, g, op.operands[0].type)]
+        return [unbroadcast(b, g, op.operands[0])]
 
 
 @declare
@@ -248,7 +248,7 @@ class broadcast_like:
     def vjp(b, op, g):
         if g is None:
             return [None, None]
-        return [unbroadcast(b, g, op.operands[0].type), None]
+        return [unbroadcast(b, g, op.operands[0]), None]
 
 
 @declare
