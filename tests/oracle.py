@@ -4,7 +4,7 @@ import numpy as np
 import torch
 
 import ckir
-from ckir import TensorType, get_op, new_graph
+from ckir import Module, TensorType, get_op, new_graph
 
 # float64 gradients summed in another order than torch sums them: a few ulps, nothing more
 TOL = dict(rtol=1e-12, atol=1e-12)
@@ -77,3 +77,40 @@ def check_grads(got, want, xs):
         np.testing.assert_allclose(np.zeros_like(x) if gv is None else gv, w, **TOL)
 
 
+# --- one op and its VJP, returning plain arrays (norm and attention tests) ---------------------
+def _graph(name, types, attrs):
+    g, b = new_graph("main", {f"a{i}": t for i, t in enumerate(types)})
+    op = b.create(name, list(g.inputs), attrs)
+    return g, b, op
+
+
+def run(name, arrays, types=None, **attrs):
+    """Run one op in the interpreter; `types` may hold symbolic dims."""
+    g, _, op = _graph(name, types or [TensorType(a.shape, a.dtype) for a in arrays], attrs)
+    g.set_outputs(op.results, ["y"])
+    m = Module("t")
+    m.add_graph(g)
+    return ckir.compile(m)(*arrays)["y"]
+
+
+def run_vjp(name, arrays, cot, types=None, cot_type=None, **attrs):
+    """The gradients the op's VJP builds (None where it returns None)."""
+    g, b, op = _graph(name, types or [TensorType(a.shape, a.dtype) for a in arrays], attrs)
+    c = g.add_arg(cot_type or TensorType(cot.shape, cot.dtype), "cot")
+    grads = op.opdef.vjp(b, op, c)
+    for v, x in zip(grads, op.operands):
+        assert v is None or v.type is x.type, f"gradient type {v.type} for operand {x.type}"
+    outs = [(f"g{i}", v) for i, v in enumerate(grads) if v is not None]
+    g.set_outputs([v for _, v in outs], [n for n, _ in outs])
+    m = Module("t")
+    m.add_graph(g)
+    res = ckir.compile(m)(*arrays, cot)
+    return [res.get(f"g{i}") for i in range(len(grads))]
+
+
+def t64(a, grad=False):
+    return torch.tensor(a, dtype=torch.float64, requires_grad=grad)
+
+
+def torch_grads(y, leaves, cot):
+    return [x.detach().numpy() for x in torch.autograd.grad(y, leaves, torch.from_numpy(cot))]

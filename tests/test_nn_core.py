@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 import ckir
 from ckir import Sym, TensorType
-from oracle import TOL, check_grads, run_op, torch_vjp
+from oracle import check_grads, run_op, torch_vjp
 
 R = np.random.default_rng(0)
 

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 import ckir
-from ckir import CkirError, PassError, TensorType, run_pipeline
+from ckir import CkirError, PassError, run_pipeline
 from helpers import module_from, rand, run
 
 F23 = ((2, 3), "f32")

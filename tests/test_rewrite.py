@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 import ckir
-from ckir import CkirError, P, Rule, TensorType, apply_patterns
+from ckir import CkirError, P, Rule, apply_patterns
 from helpers import module_from, rand, run
 
 F3 = ((3,), "f32")

@@ -8,7 +8,7 @@ import numpy as np
 
 from ckir import dtypes as dt
 from ckir.errors import ShapeError
-from ckir.opdef import ANY, FLOAT, Attr, Cost, Ex, Operand, declare, not_differentiable
+from ckir.opdef import ANY, Attr, Cost, Ex, Operand, declare, not_differentiable
 from ckir.types import ANY as ANYDIM
 from ckir.types import TensorType, broadcast_shapes, fmt_shape, with_bounds
 
