@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import bisect
-import gc
 import json
 import re
 
@@ -22,18 +21,20 @@ import numpy as np
 
 from . import dtypes as dt
 from .errors import CkirError, ParseError
-from .ir import Block, FileSource, Graph, Module, Op, Weight
+from .ir import Block, FileSource, Graph, Module, Op, Weight, gc_paused
 from .opdef import Bare, Dense, SymbolRef, lookup
 from .types import ANY, Sym, TensorType
 
-_NAME = r'(?:[A-Za-z_][A-Za-z0-9_.$]*|"(?:[^"\\\n]|\\.)*")'
+# strings are JSON strings: only JSON's escapes lex, so json.loads always accepts a token
+_STRING = r'"(?:[^"\\\n\x00-\x1f]|\\["\\/bfnrt]|\\u[0-9a-fA-F]{4})*"'
+_NAME = r'(?:[A-Za-z_][A-Za-z0-9_.$]*|' + _STRING + ')'
 # Leading whitespace and comments are consumed with each token, which halves the matches.
 _TOKEN = re.compile(r"""(?:\s+|//[^\n]*)*(?:
     (?P<value>%(?:\d+|""" + _NAME + r"""))
   | (?P<sym>@""" + _NAME + r""")
   | (?P<type>tensor<[^>]*>)
   | (?P<dense>dense<[^>]*>)
-  | (?P<string>"(?:[^"\\\n]|\\.)*")
+  | (?P<string>""" + _STRING + r""")
   | (?P<number>[-+]?(?:\d+\.\d*(?:[eE][-+]?\d+)?|\d+[eE][-+]?\d+|\d+|inf\b|nan\b))
   | (?P<arrow>->)
   | (?P<ident>[A-Za-z_][A-Za-z0-9_.$]*)
@@ -462,15 +463,9 @@ def parse(text: str, filename: str = "<string>", weights: dict | None = None) ->
     """Parse a module from text. `weights` supplies data for weights printed as `memory`."""
     if not isinstance(text, str):
         raise ParseError(f"{filename}: expected text, got {type(text).__name__}")
-    # The IR is full of reference cycles (values <-> ops), so the cyclic GC would scan the
-    # growing heap over and over while parsing; pausing it makes parsing linear in practice.
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
+    with gc_paused():
         p = Parser(text, filename)
-        return p.module(weights)
-    except RecursionError:
-        raise p.error("nesting too deep") from None
-    finally:
-        if was_enabled:
-            gc.enable()
+        try:
+            return p.module(weights)
+        except RecursionError:
+            raise p.error("nesting too deep") from None

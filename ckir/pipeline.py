@@ -27,7 +27,7 @@ import typing
 from collections import Counter
 
 from .errors import CkirError, PassError
-from .ir import Module
+from .ir import Module, gc_paused
 
 _PASSES: dict[str, type] = {}
 _entry_points_loaded = False
@@ -312,7 +312,8 @@ class PassManager:
             n_before = module.num_ops()
             t0 = time.perf_counter()
             try:
-                p.run(module)
+                with gc_paused():
+                    p.run(module)
             except Exception as e:
                 self._dump(before_text)
                 if isinstance(e, CkirError):

@@ -3,9 +3,21 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from ckir.errors import ShapeError
 from ckir.opdef import Cost
 from ckir.types import TensorType, concrete
+
+
+def is_low_float(dtype) -> bool:
+    """f16 and bf16: the reference semantics compute them in f32 and round once."""
+    return dtype.itemsize < 4 and dtype.kind in "fV"
+
+
+def wide(a):
+    """`a` in the precision its reference computes in: f32 for f16/bf16, itself otherwise."""
+    return a.astype(np.float32) if is_low_float(a.dtype) else a
 
 
 def norm_axis(axis: int, rank: int) -> int:

@@ -12,8 +12,8 @@ from ckir.opdef import ANY, BOOL, FLOAT, NUMERIC, Arg, Attr, Cost, Ex, Operand, 
 from ckir.types import ANY as ANYDIM
 from ckir.types import TensorType, broadcast_shapes, concrete, fmt_shape, same_dim
 
-from ._util import broadcasts_to, data_movement_cost, norm_axis, numel, same_dtype, unbroadcast
-from .norm import _wide
+from ._util import broadcasts_to, data_movement_cost, norm_axis, numel, same_dtype, unbroadcast, wide
+
 
 
 # --- rope --------------------------------------------------------------------------------------
@@ -241,7 +241,7 @@ class group_sum:
         if x.shape[a] % size:
             raise ShapeError(f"axis {a} has {x.shape[a]} slices, not a multiple of size {size}")
         split = x.shape[:a] + (x.shape[a] // size, size) + x.shape[a + 1:]
-        return _wide(x).reshape(split).sum(axis=a + 1).astype(x.dtype)
+        return wide(x).reshape(split).sum(axis=a + 1).astype(x.dtype)
 
     def vjp(b, op, g):
         x = op.operands[0]

@@ -12,11 +12,21 @@ import numpy as np
 
 from ckir import dtypes as dt
 from ckir.errors import CkirError, ShapeError
-from ckir.opdef import ANY, NUMERIC, Attr, Cost, Ex, Operand, Result, declare, not_differentiable
+from ckir.opdef import (
+    ANY,
+    NUMERIC,
+    Attr,
+    Cost,
+    Ex,
+    Operand,
+    Result,
+    declare,
+    not_differentiable,
+)
 from ckir.types import ANY as ANYDIM
 from ckir.types import Sym, TensorType, fmt_shape
 
-from ._util import data_movement_cost, norm_axis, numel, same_dtype
+from ._util import data_movement_cost, norm_axis, numel, same_dtype, wide
 
 INT64_MAX, INT64_MIN = 2**63 - 1, -2**63
 INDEX = (dt.i32, dt.i64)
@@ -30,11 +40,6 @@ def _zeros_like(b, v):
 def _as_type_of(b, v, like):
     """v with exactly like's type (a view) where inference lost a symbolic dim."""
     return v if v.type is like.type else b.nn.reshape_like(v, like)
-
-
-def _wide(a):
-    """f16/bf16 arrays are accumulated in f32."""
-    return a.astype(np.float32) if a.dtype.itemsize < 4 and a.dtype.kind in "fV" else a
 
 
 def _agree(dims, names, i):
@@ -404,8 +409,8 @@ class scatter_add:
         if updates.shape != _gathered(x, indices, a):
             raise ShapeError(f"updates have shape {list(updates.shape)}, want "
                              f"{list(_gathered(x, indices, a))}")
-        y = _wide(x).copy()
-        np.add.at(y, (np.s_[:],) * a + (indices,), _wide(updates))
+        y = wide(x).copy()
+        np.add.at(y, (np.s_[:],) * a + (indices,), wide(updates))
         return y.astype(x.dtype, copy=False)
 
     def vjp(b, op, g):
@@ -518,7 +523,7 @@ class pad_grad:
     def ref(g, like, *, pads, mode):
         if g.ndim != like.ndim:
             raise ShapeError(f"g has rank {g.ndim}, like has {like.ndim}")
-        y = _wide(g)
+        y = wide(g)
         for i, (n, (lo, hi)) in enumerate(zip(like.shape, _pad_pairs(like.ndim, pads))):
             _pad_dim(n, lo, hi, mode, i)
             src = _pad_source(n, lo, hi, mode)
@@ -596,7 +601,7 @@ class tile_grad:
         if list(g.shape) != _tile_shape(like.shape, repeats):
             raise ShapeError(f"g has shape {list(g.shape)}, want {_tile_shape(like.shape, repeats)}")
         dims = [v for r, d in zip(repeats, like.shape) for v in (r, d)]
-        y = _wide(g).reshape(dims).sum(axis=tuple(range(0, len(dims), 2)))
+        y = wide(g).reshape(dims).sum(axis=tuple(range(0, len(dims), 2)))
         return np.asarray(y, g.dtype)
 
     def vjp(b, op, dy):

@@ -14,7 +14,7 @@ from ckir.opdef import (ANY, BOOL, FLOAT, INT, NUMERIC, Arg, Attr, Ex, OpDef, Op
                         not_differentiable, register)
 from ckir.types import TensorType, broadcast_shapes
 
-from ._util import same_dtype, unbroadcast
+from ._util import is_low_float, same_dtype, unbroadcast
 
 UNARY_TRAITS = {"pure", "elementwise", "inplace"}
 BINARY_TRAITS = {"pure", "elementwise", "broadcasting", "inplace"}
@@ -24,7 +24,7 @@ def f32_compute(fn):
     """Run `fn` in f32 for f16/bf16 operands and round back to the operand dtype."""
     def run(*xs, **kw):
         d = xs[0].dtype
-        if d.itemsize < 4 and (d.kind == "f" or d == dt.bf16.np):
+        if is_low_float(d):
             return np.asarray(fn(*(x.astype(np.float32) for x in xs), **kw)).astype(d)
         return np.asarray(fn(*xs, **kw)).astype(d, copy=False)
     return run

@@ -11,11 +11,7 @@ from ckir.errors import ShapeError
 from ckir.opdef import FLOAT, Attr, Cost, Ex, Operand, declare
 from ckir.types import fmt_shape
 
-from ._util import broadcasts_to, norm_axis, numel, same_dtype, unbroadcast
-
-
-def _wide(x):
-    return x.astype(np.float32) if x.dtype.itemsize < 4 else x
+from ._util import broadcasts_to, norm_axis, numel, same_dtype, unbroadcast, wide
 
 
 def _rows(t, axes, bind):
@@ -26,14 +22,14 @@ def _rows(t, axes, bind):
 # --- softmax -----------------------------------------------------------------------------------
 def _softmax_ref(x, *, axis):
     a = norm_axis(axis, x.ndim)
-    w = _wide(x)
+    w = wide(x)
     e = np.exp(w - np.max(w, axis=a, keepdims=True, initial=-np.inf))
     return (e / np.sum(e, axis=a, keepdims=True)).astype(x.dtype)
 
 
 def _log_softmax_ref(x, *, axis):
     a = norm_axis(axis, x.ndim)
-    w = _wide(x)
+    w = wide(x)
     z = w - np.max(w, axis=a, keepdims=True, initial=-np.inf)
     return (z - np.log(np.sum(np.exp(z), axis=a, keepdims=True))).astype(x.dtype)
 
@@ -126,9 +122,9 @@ def _check_params(x, a, params):
 
 def _affine(y, scale, bias):
     if scale is not None:
-        y = y * _wide(scale)
+        y = y * wide(scale)
     if bias is not None:
-        y = y + _wide(bias)
+        y = y + wide(bias)
     return y
 
 
@@ -181,7 +177,7 @@ class layer_norm:
         a = norm_axis(axis, x.ndim)
         _check_params(x, a, (("scale", scale), ("bias", bias)))
         axes = tuple(range(a, x.ndim))
-        w = _wide(x)
+        w = wide(x)
         xc = w - w.mean(axis=axes, keepdims=True)
         y = xc / np.sqrt((xc * xc).mean(axis=axes, keepdims=True) + eps)
         return _affine(y, scale, bias).astype(x.dtype)
@@ -230,7 +226,7 @@ class rms_norm:
     def ref(x, scale, *, axis, eps):
         a = norm_axis(axis, x.ndim)
         _check_params(x, a, (("scale", scale),))
-        w = _wide(x)
+        w = wide(x)
         y = w / np.sqrt((w * w).mean(axis=tuple(range(a, x.ndim)), keepdims=True) + eps)
         return _affine(y, scale, None).astype(x.dtype)
 

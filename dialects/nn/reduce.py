@@ -7,7 +7,7 @@ from ckir import dtypes as dt
 from ckir.opdef import FLOAT, NUMERIC, Attr, Cost, Ex, OpDef, Operand, not_differentiable, register
 from ckir.types import TensorType
 
-from ._util import norm_axes, norm_axis, numel
+from ._util import norm_axes, norm_axis, numel, wide
 
 AXES = Attr("axes", "ints", None, doc="axes to reduce; absent means all")
 KEEPDIMS = Attr("keepdims", "bool", False, doc="keep reduced axes as size 1")
@@ -26,7 +26,7 @@ def _infer(x, *, axes, keepdims):
 def _np_reduce(fn):
     def ref(x, *, axes, keepdims):
         ax = norm_axes(axes, x.ndim)
-        y = x.astype(np.float32) if x.dtype.itemsize < 4 and x.dtype.kind in "fV" else x
+        y = wide(x)
         return np.asarray(fn(y, axis=ax, keepdims=keepdims)).astype(x.dtype)
     return ref
 
