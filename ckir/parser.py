@@ -102,7 +102,10 @@ def parse_dense(body: str, t: TensorType) -> np.ndarray:
     except ValueError:
         raise CkirError(f"bad dense value <{body}>") from None
     try:
-        arr = np.array(val, dtype=npd if npd.kind != "b" else None)
+        with np.errstate(over="raise"):
+            arr = np.array(val, dtype=npd if npd.kind != "b" else None)
+    except FloatingPointError:
+        raise CkirError(f"dense value <{body}> is out of range for {t.dtype}") from None
     except (ValueError, TypeError, OverflowError):
         raise CkirError(f"dense value <{body}> is not a regular array of {t.dtype}") from None
     if npd.kind == "b":

@@ -109,6 +109,8 @@ BAD = [
      r"3:59: expected a location string, got '3'"),
     ("module @m {\n  graph @g(%x: tensor<2xf32>) -> (y: tensor<2xf32>) {\n    %0 = nn.neg %x # : (tensor<2xf32>) -> tensor<2xf32>\n",
      r"3:20: expected ':' and the type signature of nn.neg, got invalid character '#'"),
+    ("module @m {\n  weight @w : tensor<f16> = dense<1.0e10>\n}", r"2:29: dense value <1.0e10> is out of range for f16"),
+    ("module @m {\n  weight @w : tensor<i8> = dense<300>\n}", r"2:28: dense value <300> is not a regular array of i8"),
     ("module @m {} trailing", r"1:14: unexpected 'trailing' after the module"),
 ]
 
