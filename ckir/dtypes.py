@@ -61,8 +61,23 @@ i64 = _add("i64", "i", 64, np.int64)
 i32 = _add("i32", "i", 32, np.int32)
 i16 = _add("i16", "i", 16, np.int16)
 i8 = _add("i8", "i", 8, np.int8)
+u64 = _add("u64", "u", 64, np.uint64)
+u32 = _add("u32", "u", 32, np.uint32)
+u16 = _add("u16", "u", 16, np.uint16)
 u8 = _add("u8", "u", 8, np.uint8)
 bool_ = _add("bool", "b", 8, np.bool_)
+# Narrow floats and ints (ONNX's float8/float4/int4 families). Values hold one element per
+# byte, as ml_dtypes stores them; `bits` is that storage width, not the packed file width.
+f8e4m3fn = _add("f8e4m3fn", "f", 8, ml_dtypes.float8_e4m3fn)
+f8e4m3fnuz = _add("f8e4m3fnuz", "f", 8, ml_dtypes.float8_e4m3fnuz)
+f8e5m2 = _add("f8e5m2", "f", 8, ml_dtypes.float8_e5m2)
+f8e5m2fnuz = _add("f8e5m2fnuz", "f", 8, ml_dtypes.float8_e5m2fnuz)
+f8e8m0 = _add("f8e8m0", "f", 8, ml_dtypes.float8_e8m0fnu)
+f4e2m1 = _add("f4e2m1", "f", 8, ml_dtypes.float4_e2m1fn)
+i4 = _add("i4", "i", 8, ml_dtypes.int4)
+u4 = _add("u4", "u", 8, ml_dtypes.uint4)
+i2 = _add("i2", "i", 8, ml_dtypes.int2)
+u2 = _add("u2", "u", 8, ml_dtypes.uint2)
 
 # GGML block layouts (ggml-common.h): (elements per block, bytes per block).
 _QUANT = {

@@ -19,11 +19,16 @@ def _load_text(path: str):
     return m
 
 
-_BY_SUFFIX = {".ckir": _load_text, ".mlir": _load_text}
+def _load_onnx(path: str):
+    from .onnx import import_onnx
+    return import_onnx(path)
+
+
+_BY_SUFFIX = {".ckir": _load_text, ".mlir": _load_text, ".onnx": _load_onnx}
 
 
 def load(source):
-    """A Module from a path (.ckir text; more formats as frontends land) or a Module."""
+    """A Module from a path (.ckir text, .onnx), an onnx.ModelProto, or a Module."""
     from ckir.ir import Module
     if isinstance(source, Module):
         return source
@@ -39,4 +44,8 @@ def load(source):
             raise CkirError(f"{path}: unknown model format '{suffix or '(no suffix)'}' "
                             f"(known: {', '.join(sorted(_BY_SUFFIX))})")
         return fn(path)
-    raise CkirError(f"cannot load a {type(source).__name__}; pass a file path or a Module")
+    if type(source).__name__ == "ModelProto":
+        from .onnx import import_onnx
+        return import_onnx(source)
+    raise CkirError(f"cannot load a {type(source).__name__}; pass a file path, an onnx.ModelProto "
+                    "or a Module")

@@ -1,2 +1,3 @@
 """The nn dialect: tensor ops for MLPs, CNNs and transformers."""
-from . import attention, conv, core, data, elementwise, linalg, norm, reduce, shape  # noqa: F401
+from . import (activation, attention, conv, core, data, dynamic, elementwise, image, index,  # noqa: F401
+               layers, linalg, loss, norm, reduce, shape, signal)

@@ -5,14 +5,17 @@ import math
 
 import numpy as np
 
+from ckir import dtypes as dt
 from ckir.errors import ShapeError
 from ckir.opdef import Cost
 from ckir.types import TensorType, concrete
 
 
 def is_low_float(dtype) -> bool:
-    """f16 and bf16: the reference semantics compute them in f32 and round once."""
-    return dtype.itemsize < 4 and dtype.kind in "fV"
+    """Floats narrower than f32 (f16, bf16, the f8/f4 types): the reference semantics compute
+    them in f32 and round once."""
+    d = dt.dtype(dtype)
+    return d.is_float and d.bits < 32
 
 
 def wide(a):

@@ -7,7 +7,7 @@ from ckir.errors import ShapeError
 from ckir.opdef import FLOAT, Attr, Cost, Ex, Operand, declare
 from ckir.types import TensorType, broadcast_shapes, concrete
 
-from ._util import numel, same_dtype, unbroadcast
+from ._util import is_low_float, numel, same_dtype, unbroadcast
 
 
 def _mm_dims(a: TensorType, b: TensorType, ta: bool, tb: bool):
@@ -51,7 +51,7 @@ class matmul:
             a = np.swapaxes(a, -1, -2)
         if transpose_b:
             b = np.swapaxes(b, -1, -2)
-        if a.dtype.itemsize < 4:
+        if is_low_float(a.dtype):
             return np.matmul(a.astype(np.float32), b.astype(np.float32)).astype(a.dtype)
         return np.matmul(a, b)
 

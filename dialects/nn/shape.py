@@ -271,3 +271,25 @@ class size:
     def cost(op, bind):
         return Cost(0, 0, op.results[0].type.nbytes())
 
+
+
+@declare
+class shape:
+    """The dims of `x` from `start` to `end` (Python slice bounds; `end` absent = the rank) as an
+    i64 vector: ONNX Shape. Static dims fold to a constant; symbolic ones are read at run time."""
+    name = "nn.shape"
+    operands = (Operand("x", ANY),)
+    attrs = (Attr("start", "int", 0), Attr("end", "int", None))
+    traits = {"pure"}
+    vjp = not_differentiable("depends only on the shape")
+    examples = (Ex("f32[3,4]"), Ex("f32[2,3,4]", start=1), Ex("i64[2,3,4,5]", start=-3, end=-1),
+                Ex("f32[]"))
+
+    def infer(x, *, start, end):
+        return TensorType((len(range(x.rank)[slice(start, end)]),), dt.i64)
+
+    def ref(x, *, start, end):
+        return np.asarray(x.shape[slice(start, end)], dtype=np.int64)
+
+    def cost(op, bind):
+        return Cost(0, 0, op.results[0].type.nbytes())

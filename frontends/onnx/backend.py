@@ -1,0 +1,78 @@
+"""ckir as an ONNX backend (onnx.backend.base): `prepare(model)` imports and compiles a model;
+the returned rep's `run(inputs)` returns the outputs in graph order.
+
+The execution backend is `backend=` in prepare's options, else $CKIR_ONNX_BACKEND, else
+"interp"; the pass pipeline is `passes=` (default "canonicalize,cse,dce").
+"""
+from __future__ import annotations
+
+import os
+from collections import namedtuple
+
+import numpy as np
+import onnx
+from onnx.backend.base import Backend, BackendRep
+
+import ckir
+
+from .importer import TO_ONNX_DTYPE, import_onnx
+
+DEFAULT_PASSES = "canonicalize,cse,dce"
+
+
+class CkirRep(BackendRep):
+    def __init__(self, compiled: ckir.CompiledModule):
+        self.compiled = compiled
+        self._Outputs = namedtuple("Outputs", [f"o{i}" for i in range(len(compiled.output_names))],
+                                   rename=True)
+
+    def run(self, inputs, **kwargs):
+        if isinstance(inputs, dict):
+            outs = self.compiled(**inputs)
+        else:
+            if isinstance(inputs, np.ndarray):
+                inputs = [inputs]
+            outs = self.compiled(*inputs)
+        return self._Outputs(*[outs[n] for n in self.compiled.output_names])
+
+
+class CkirBackend(Backend):
+    @classmethod
+    def is_compatible(cls, model, device: str = "CPU", **kwargs) -> bool:
+        return cls.supports_device(device)
+
+    @classmethod
+    def prepare(cls, model, device: str = "CPU", **kwargs) -> CkirRep:
+        if not cls.supports_device(device):
+            raise ckir.CkirError(f"ckir runs on CPU, not {device}")
+        backend = kwargs.pop("backend", None) or os.environ.get("CKIR_ONNX_BACKEND", "interp")
+        passes = kwargs.pop("passes", DEFAULT_PASSES)
+        module = ckir.load(model) if isinstance(model, (str, os.PathLike)) else import_onnx(model)
+        return CkirRep(ckir.compile(module, backend=backend, passes=passes))
+
+    @classmethod
+    def run_model(cls, model, inputs, device: str = "CPU", **kwargs):
+        return cls.prepare(model, device, **kwargs).run(inputs)
+
+    @classmethod
+    def run_node(cls, node, inputs, device: str = "CPU", outputs_info=None, **kwargs):
+        """Run one node: its inputs' types come from the arrays given."""
+        inputs = [np.asarray(x) for x in inputs]
+        vis = [onnx.helper.make_tensor_value_info(n, TO_ONNX_DTYPE[ckir.dtypes.dtype(x.dtype)], x.shape)
+               for n, x in zip(node.input, inputs) if n]
+        outs = [onnx.helper.make_value_info(n, onnx.TypeProto()) for n in node.output if n]
+        graph = onnx.helper.make_graph([node], "run_node", vis, outs)
+        opset = kwargs.pop("opset_version", onnx.defs.onnx_opset_version())
+        model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid(node.domain, opset)])
+        return cls.prepare(model, device, **kwargs).run([x for n, x in zip(node.input, inputs) if n])
+
+    @classmethod
+    def supports_device(cls, device: str) -> bool:
+        return str(device).upper().startswith("CPU")
+
+
+prepare = CkirBackend.prepare
+run_model = CkirBackend.run_model
+run_node = CkirBackend.run_node
+supports_device = CkirBackend.supports_device
+is_compatible = CkirBackend.is_compatible
