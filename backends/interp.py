@@ -10,7 +10,7 @@ import numpy as np
 
 from ckir.errors import CkirError
 from ckir.ir import Block, Graph, Module, Op
-from ckir.types import Sym, TensorType
+from ckir.types import OptType, SeqType, Sym, TensorType
 
 
 def storage_shape(t: TensorType, shape) -> tuple:
@@ -22,8 +22,20 @@ def storage_shape(t: TensorType, shape) -> tuple:
     return tuple(shape)
 
 
-def check_value(arr, t: TensorType, bind: dict, what: str) -> None:
-    """Check that `arr` holds a tensor of type `t`, binding named dims in `bind`."""
+def check_value(arr, t, bind: dict, what: str) -> None:
+    """Check that `arr` holds a value of type `t`, binding named dims in `bind`. Sequences are
+    lists of arrays (their elements' named dims are not bound: they may differ per element);
+    optionals are None or their value."""
+    if type(t) is SeqType:
+        if not isinstance(arr, list):
+            raise CkirError(f"{what}: expected a sequence (list of arrays), got {type(arr).__name__}")
+        for i, a in enumerate(arr):
+            check_value(a, t.elem, {}, f"{what}[{i}]")
+        return
+    if type(t) is OptType:
+        if arr is not None:
+            check_value(arr, t.elem, bind, what)
+        return
     d = t.dtype
     want = np.dtype(np.uint8) if d.is_quant else d.np
     if not isinstance(arr, np.ndarray):
@@ -121,7 +133,7 @@ class Interpreter:
                 raise CkirError(f"{op.location()}: reference gave {len(outs)} results, "
                                 f"declared {len(op.results)}")
             for r, a in zip(op.results, outs):
-                if not isinstance(a, np.ndarray):
+                if type(r.type) is TensorType and not isinstance(a, np.ndarray):
                     a = np.asarray(a)
                 check_value(a, r.type, bind, f"{op.location()}: result {r.index}")
                 env[r] = a
@@ -132,7 +144,9 @@ class Interpreter:
     def _region_fn(self, region: Block, bind: dict):
         def run(*args):
             for a, v in zip(args, region.args):
-                check_value(np.asarray(a), v.type, bind, f"region argument {v.index}")
+                if type(v.type) is TensorType:
+                    a = np.asarray(a)
+                check_value(a, v.type, bind, f"region argument {v.index}")
             return self.run_block(region, list(args), bind)
         return run
 

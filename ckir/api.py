@@ -8,6 +8,7 @@ import numpy as np
 
 from .errors import CkirError, InputError
 from .ir import FileSource, Module
+from .types import SeqType, TensorType
 from .pipeline import PassManager
 from .printer import INLINE_WEIGHT_BYTES
 
@@ -47,7 +48,10 @@ class CompiledModule:
         arrays = []
         for n, t in zip(names, self.input_types):
             a = given[n]
-            if not isinstance(a, np.ndarray):
+            if type(t) is not TensorType:
+                if type(t) is SeqType and isinstance(a, tuple):
+                    a = list(a)
+            elif not isinstance(a, np.ndarray):
                 if isinstance(a, (list, tuple, int, float, bool, np.generic)):
                     a = np.asarray(a, dtype=t.dtype.np if t.dtype.np is not None else None)
                 else:

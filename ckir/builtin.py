@@ -9,7 +9,7 @@ class return_:
     """Ends a block; its operands are the block's outputs (a graph's outputs, or a region's
     results)."""
     name = "ckir.return"
-    operands = (Operand("values", ANY + QUANT, variadic=True),)
+    operands = (Operand("values", ANY + QUANT, variadic=True, kind="any"),)
     results = (Result("none", variadic=True),)
     traits = {"terminator"}
     vjp = not_differentiable("structural: autodiff handles graph outputs itself")

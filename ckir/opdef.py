@@ -32,7 +32,9 @@ import numpy as np
 
 from . import dtypes as dt
 from .errors import CkirError, ShapeError, VerifyError
-from .types import Sym, TensorType, concrete
+from .types import OptType, SeqType, Sym, TensorType, concrete
+
+_KIND = {TensorType: "tensor", SeqType: "seq", OptType: "optional"}
 
 TRAITS = {
     "pure": "no side effects; may be removed when unused, deduplicated and folded",
@@ -57,11 +59,14 @@ QUANT = dt.QUANTS
 
 @dataclass(frozen=True)
 class Operand:
+    """An operand slot. `kind` is "tensor", "seq" (a sequence of tensors), "optional" (an
+    optional value) or "any"; `dtypes` constrains the (element) dtype."""
     name: str
     dtypes: tuple = ANY
     variadic: bool = False
     optional: bool = False
     doc: str = ""
+    kind: str = "tensor"
 
 
 @dataclass(frozen=True)
@@ -388,7 +393,11 @@ class OpDef:
         grouped = self.group(types)
         for spec, t in zip(self.operands, grouped):
             for tt in (t if spec.variadic else [t]):
-                if tt is not None and tt.dtype not in spec.dtypes:
+                if tt is None:
+                    continue
+                if spec.kind != "any" and _KIND[type(tt)] != spec.kind:
+                    raise ShapeError(f"operand '{spec.name}' must be a {spec.kind}, got {tt}")
+                if tt.dtype not in spec.dtypes:
                     raise ShapeError(f"operand '{spec.name}' has dtype {tt.dtype}, allowed: "
                                      + _fmt_dtypes(spec.dtypes))
 
@@ -443,11 +452,15 @@ class OpDef:
                 "cost": self._cost if self._cost is not None else self.flops}[piece] is not None
 
 
-def compatible(declared: TensorType, inferred: TensorType) -> bool:
+def compatible(declared, inferred) -> bool:
     """A declared type may refine an inferred one: anonymous dims on either side match anything,
-    and named dims match by name."""
+    and named dims match by name. Sequences and optionals compare their elements."""
     if declared is inferred:
         return True
+    if type(declared) is not type(inferred):
+        return False
+    if type(declared) is not TensorType:
+        return compatible(declared.elem, inferred.elem)
     if declared.dtype is not inferred.dtype or declared.rank != inferred.rank:
         return False
     for a, b in zip(declared.shape, inferred.shape):

@@ -23,7 +23,7 @@ from . import dtypes as dt
 from .errors import CkirError, ParseError
 from .ir import Block, FileSource, Graph, Module, Op, Weight, gc_paused
 from .opdef import Bare, Dense, SymbolRef, lookup
-from .types import ANY, Sym, TensorType
+from .types import ANY, OptType, SeqType, Sym, TensorType
 
 # strings are JSON strings: only JSON's escapes lex, so json.loads always accepts a token
 _STRING = r'"(?:[^"\\\n\x00-\x1f]|\\["\\/bfnrt]|\\u[0-9a-fA-F]{4})*"'
@@ -32,7 +32,7 @@ _NAME = r'(?:[A-Za-z_][A-Za-z0-9_.$]*|' + _STRING + ')'
 _TOKEN = re.compile(r"""(?:\s+|//[^\n]*)*(?:
     (?P<value>%(?:\d+|""" + _NAME + r"""))
   | (?P<sym>@""" + _NAME + r""")
-  | (?P<type>tensor<[^>]*>)
+  | (?P<type>(?:(?:seq|optional)<)*tensor<[^>]*>(?:>)*)
   | (?P<dense>dense<[^>]*>)
   | (?P<string>""" + _STRING + r""")
   | (?P<number>[-+]?(?:\d+\.\d*(?:[eE][-+]?\d+)?|\d+[eE][-+]?\d+|\d+|inf\b|nan\b))
@@ -46,11 +46,18 @@ _DIM = re.compile(r"(\d+|\?|\[(?:([A-Za-z_][A-Za-z0-9_]*)|\?)(?:<=(\d+))?\])x")
 _TYPE_CACHE: dict[str, TensorType] = {}
 
 
-def parse_type(text: str) -> TensorType:
-    """Parse `tensor<...>` text (cached); raises CkirError on bad syntax."""
+def parse_type(text: str):
+    """Parse `tensor<...>`, `seq<tensor<...>>` or `optional<...>` text (cached); raises
+    CkirError on bad syntax."""
     t = _TYPE_CACHE.get(text)
     if t is not None:
         return t
+    for prefix, cls in (("seq<", SeqType), ("optional<", OptType)):
+        if text.startswith(prefix):
+            if not text.endswith(">"):
+                raise CkirError(f"bad type {text!r}")
+            t = _TYPE_CACHE[text] = cls(parse_type(text[len(prefix):-1]))
+            return t
     if not (text.startswith("tensor<") and text.endswith(">")):
         raise CkirError(f"expected a tensor type, got {text!r}")
     body, pos, shape = text[7:-1], 0, []

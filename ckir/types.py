@@ -126,6 +126,83 @@ class TensorType:
         return str(self)
 
 
+class SeqType:
+    """A sequence of tensors of one element type (ONNX sequences). At run time: a list of arrays.
+    Element dims are per element: named dims in `elem` are not bound across elements."""
+    __slots__ = ("elem", "_hash")
+    _cache: dict = {}
+
+    def __new__(cls, elem):
+        t = cls._cache.get(elem)
+        if t is None:
+            if type(elem) is not TensorType:
+                raise CkirError(f"a sequence holds tensors, not {elem}")
+            t = object.__new__(cls)
+            t.elem, t._hash = elem, hash(("seq", elem))
+            cls._cache[elem] = t
+        return t
+
+    def __hash__(self):
+        return self._hash
+
+    def __reduce__(self):
+        return (SeqType, (self.elem,))
+
+    dtype = property(lambda self: self.elem.dtype)
+    syms = property(lambda self: self.elem.syms)
+    is_static = False
+
+    def nbytes(self, bind=None) -> int:
+        return 0          # unknown until run time
+
+    def __str__(self):
+        return f"seq<{self.elem}>"
+
+    __repr__ = __str__
+
+
+class OptType:
+    """An optional value (ONNX optional): a tensor or sequence, or none. At run time: the value
+    or None."""
+    __slots__ = ("elem", "_hash")
+    _cache: dict = {}
+
+    def __new__(cls, elem):
+        t = cls._cache.get(elem)
+        if t is None:
+            if type(elem) not in (TensorType, SeqType):
+                raise CkirError(f"an optional holds a tensor or a sequence, not {elem}")
+            t = object.__new__(cls)
+            t.elem, t._hash = elem, hash(("optional", elem))
+            cls._cache[elem] = t
+        return t
+
+    def __hash__(self):
+        return self._hash
+
+    def __reduce__(self):
+        return (OptType, (self.elem,))
+
+    dtype = property(lambda self: self.elem.dtype)
+    syms = property(lambda self: self.elem.syms)
+    is_static = False
+
+    def nbytes(self, bind=None) -> int:
+        return self.elem.nbytes(bind) if type(self.elem) is TensorType else 0
+
+    def __str__(self):
+        return f"optional<{self.elem}>"
+
+    __repr__ = __str__
+
+
+def tensors_in(t):
+    """The tensor types a (tensor, sequence or optional) type is made of."""
+    while type(t) is not TensorType:
+        t = t.elem
+    return t
+
+
 def _dim(d):
     if type(d) is int or type(d) is Sym:
         if type(d) is int and d < 0:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from .errors import VerifyError
 from .ir import Block, Graph, Module, Value
-from .types import Sym
+from .types import Sym, tensors_in
 
 
 def _vname(v: Value) -> str:
@@ -52,7 +52,7 @@ def verify_block(block: Block, where: str, syms: dict, module: Module | None) ->
 
 
 def _check_syms(t, syms: dict, where: str) -> None:
-    for d in t.shape:
+    for d in tensors_in(t).shape:
         if type(d) is Sym and d.name is not None:
             b = syms.setdefault(d.name, d.bound)
             if b != d.bound:

@@ -9,7 +9,9 @@ from ckir.pipeline import Pass, register_pass
 from ckir.types import Sym, TensorType
 
 
-def _subst(t: TensorType, bind: dict) -> TensorType:
+def _subst(t, bind: dict):
+    if type(t) is not TensorType:
+        return type(t)(_subst(t.elem, bind))
     if not any(type(d) is Sym and d.name in bind for d in t.shape):
         return t
     return t.with_shape([bind[d.name] if type(d) is Sym and d.name in bind else d for d in t.shape])
@@ -57,9 +59,9 @@ def _refine(block: Block, bind: dict) -> int:
     return changed
 
 
-def _sharpen(declared: TensorType, inferred: TensorType) -> TensorType:
-    if not compatible(declared, inferred):
-        return declared      # the verifier reports it
+def _sharpen(declared, inferred):
+    if not compatible(declared, inferred) or type(declared) is not TensorType:
+        return declared      # the verifier reports incompatibilities
     return declared.with_shape([i if type(d) is Sym and d.name is None else d
                                 for d, i in zip(declared.shape, inferred.shape)])
 

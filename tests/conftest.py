@@ -36,7 +36,7 @@ def _verify_call(op):
 if lookup("test.call") is None:
     register(OpDef(
         "test.call", doc="Runs its region on its operands (a test-only op with a region).",
-        operands=(Operand("xs", ANY, variadic=True),), results=(Result("ys", variadic=True),),
+        operands=(Operand("xs", ANY, variadic=True, kind="any"),), results=(Result("ys", variadic=True),),
         traits={"pure"}, declared_types=True, regions=1, verify=_verify_call,
         ref=lambda xs, regions: tuple(np.asarray(r) for r in regions[0](*xs)),
         vjp=ckir.not_differentiable("test op"), cost=lambda op, bind: Cost()))

@@ -75,3 +75,28 @@ def test_broadcast_with_symbols():
     assert broadcast_shapes((3, 1), (2, 1, 5)) == (2, 3, 5)
     with pytest.raises(ShapeError, match=r"cannot broadcast shapes \[2\], \[3\]"):
         broadcast_shapes((2,), (3,))
+
+
+def test_sequence_and_optional_types():
+    from ckir.types import OptType, SeqType
+    s = SeqType(TensorType([None, 3], "f32"))
+    o = OptType(s)
+    assert str(s) == "seq<tensor<?x3xf32>>" and str(o) == "optional<seq<tensor<?x3xf32>>>"
+    assert parse_type(str(o)) is o and parse_type("optional<tensor<2xi64>>") is OptType(TensorType([2], "i64"))
+    assert s.dtype is dt.f32 and pickle.loads(pickle.dumps(o)) is o
+    with pytest.raises(CkirError, match="a sequence holds tensors"):
+        SeqType(s)
+    text = f"""module @m {{
+  graph @main(%s: {s}, %o: {o}) -> (s: {s}, o: {o}) {{
+    ckir.return %s, %o : ({s}, {o}) -> ()
+  }}
+}}
+"""
+    import ckir
+    m = ckir.parse(text)
+    assert m.print() == text
+    f = ckir.compile(m)
+    out = f([np.zeros((1, 3), np.float32), np.ones((4, 3), np.float32)], None)
+    assert len(out["s"]) == 2 and out["o"] is None
+    with pytest.raises(ckir.InputError, match=r"input 's'\[1\]: dim 1 is 2"):
+        f([np.zeros((1, 3), np.float32), np.ones((4, 2), np.float32)], None)
