@@ -60,7 +60,9 @@ class CkirBackend(Backend):
         inputs = [np.asarray(x) for x in inputs]
         vis = [onnx.helper.make_tensor_value_info(n, TO_ONNX_DTYPE[ckir.dtypes.dtype(x.dtype)], x.shape)
                for n, x in zip(node.input, inputs) if n]
-        outs = [onnx.helper.make_value_info(n, onnx.TypeProto()) for n in node.output if n]
+        # output types are ckir's to infer; the checker only needs some tensor type
+        elem = vis[0].type.tensor_type.elem_type if vis else onnx.TensorProto.FLOAT
+        outs = [onnx.helper.make_tensor_value_info(n, elem, []) for n in node.output if n]
         graph = onnx.helper.make_graph([node], "run_node", vis, outs)
         opset = kwargs.pop("opset_version", onnx.defs.onnx_opset_version())
         model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid(node.domain, opset)])

@@ -39,8 +39,18 @@ ONNX_DTYPES = {
 }
 TO_ONNX_DTYPE = {v: k for k, v in ONNX_DTYPES.items()}
 CONSTANT_ELEMENTS = 64        # initializers up to this size become nn.constant
+# ops that only move elements around, so they can run on shape vectors holding symbolic dims
+MOVES_ELEMENTS = {"nn.gather", "nn.concat", "nn.unsqueeze", "nn.squeeze", "nn.slice", "nn.reshape",
+                  "nn.cast", "nn.split", "nn.transpose", "nn.expand", "nn.tile"}
 KNOWN_ELEMENTS = 1 << 16      # values up to this size are evaluated at import when known
 _IDENT = re.compile(r"[^A-Za-z0-9_]")
+
+
+def _dims_array(dims) -> np.ndarray:
+    """A shape vector: i64 when every dim is static, else an object array of ints and Syms."""
+    if all(type(d) is int or isinstance(d, (np.integer,)) for d in dims):
+        return np.asarray([int(d) for d in dims], dtype=np.int64)
+    return np.asarray([d if type(d) is Sym else int(d) for d in dims], dtype=object)
 
 
 def onnx_dtype(code: int, what: str) -> dt.DType:
@@ -175,26 +185,44 @@ class Importer:
         return a
 
     def evaluate(self, ops) -> None:
-        """Record the results of new pure ops whose operands are all known."""
+        """Record the results of new pure ops whose operands are all known. Shape vectors may
+        hold named symbolic dims (object arrays of ints and Syms): nn.shape of a value with
+        named dims is known, and ops that only move elements keep such vectors known, so a
+        Shape -> Gather -> Concat -> Reshape chain of an exported model stays static."""
         for op in ops:
             od = op.opdef
             if od.name == "nn.constant":
                 self.known[op.results[0]] = op.attrs["value"].array
                 continue
+            if od.name == "nn.shape":
+                dims = op.operands[0].type.shape[slice(op.attrs["start"], op.attrs["end"])]
+                if all(type(d) is int or d.name is not None for d in dims):
+                    self.known[op.results[0]] = _dims_array(dims)
+                continue
             if not od.pure or not od.fold or op.regions or not op.operands:
                 continue
-            if any(not r.type.is_static or r.type.numel > KNOWN_ELEMENTS for r in op.results):
+            if any(type(r.type) is not TensorType or not r.type.is_static
+                   or r.type.numel > KNOWN_ELEMENTS for r in op.results):
                 continue
             arrays = [self.known_value(v) for v in op.operands]
             if any(a is None for a in arrays):
                 continue
+            symbolic = any(a.dtype == object for a in arrays)
+            if symbolic and od.name not in MOVES_ELEMENTS:
+                continue
             try:
                 with np.errstate(all="ignore"):
-                    outs = od.ref(arrays, op.attrs)
+                    if symbolic and od.name == "nn.cast":
+                        if not op.attrs["to"].is_int:
+                            continue
+                        outs = arrays           # ints and dims stay what they are
+                    else:
+                        outs = od.ref(arrays, op.attrs)
             except (CkirError, ValueError, TypeError, ArithmeticError):
                 continue
             for r, a in zip(op.results, outs):
-                self.known[r] = np.asarray(a)
+                a = np.asarray(a)
+                self.known[r] = _dims_array(a.reshape(-1)).reshape(a.shape) if a.dtype == object else a
 
     # --- graphs ---------------------------------------------------------------------------------
     def run(self) -> Module:
@@ -366,17 +394,24 @@ class Ctx:
         return self.inputs[i] if i < len(self.inputs) else None
 
     def const(self, i: int) -> np.ndarray | None:
-        """The contents of input i when known at import time, else None."""
+        """The contents of input i when known at import time, else None. Shape vectors holding
+        symbolic dims are object arrays (use `dims`); `ints` refuses them."""
         return self.imp.known_value(self.opt(i))
 
-    def ints(self, i: int, what: str) -> list[int] | None:
-        """Input i as a list of ints if it is known at import time (None if absent)."""
-        if self.opt(i) is None:
+    def ints(self, i: int, what: str = "") -> list[int] | None:
+        """Input i as a list of ints if it is known at import time, else None."""
+        a = self.const(i)
+        if a is None or a.dtype == object:
             return None
+        return [int(v) for v in np.asarray(a).reshape(-1)]
+
+    def dims(self, i: int) -> list | None:
+        """Input i as a list of ints and named symbolic dims (a shape vector computed from
+        symbolic shapes, e.g. [batch, seq, 12, 64]) if known at import time, else None."""
         a = self.const(i)
         if a is None:
             return None
-        return [int(v) for v in np.asarray(a).reshape(-1)]
+        return [v if type(v) is Sym else int(v) for v in np.asarray(a).reshape(-1)]
 
     def out_used(self, i: int) -> bool:
         return i < len(self.node.output) and bool(self.node.output[i])
@@ -425,8 +460,15 @@ def load_model(source) -> onnx.ModelProto:
         except OSError as e:
             raise CkirError(f"{what}: cannot read: {e.strerror}") from None
         model = _parse(data, what)
+    base_dir = os.path.dirname(os.path.abspath(what)) if not isinstance(source, (onnx.ModelProto, bytes, bytearray)) else None
+    for t in model.graph.initializer:      # our own path checks come first: they are stricter
+        if t.data_location == TensorProto.EXTERNAL:
+            if base_dir is None:
+                raise CkirError(f"initializer {t.name}: external data needs the model's file path "
+                                "(load the model from its file)")
+            initializer_data(t, base_dir)
     try:
-        onnx.checker.check_model(model)
+        onnx.checker.check_model(what if base_dir is not None else model)
     except onnx.checker.ValidationError as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else "invalid"
         raise CkirError(f"{what}: fails onnx.checker: {first}") from None
