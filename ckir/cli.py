@@ -44,14 +44,14 @@ def _bind(items) -> dict:
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="ckir", description="ckir: a graph IR and optimizer for AI models on CPUs. "
-        "Load a model (.ckir text IR), run passes, inspect and run it.", epilog=EPILOG)
+        "Load a model (.ckir text IR or .onnx), run passes, inspect and run it.", epilog=EPILOG)
     ap.add_argument("--version", action="version", version=f"ckir {_version()}")
     sub = ap.add_subparsers(dest="cmd", metavar="COMMAND")
 
     p = sub.add_parser("opt", help="run a pass pipeline and print or save the IR",
                        description="Run a pass pipeline on a model and print the resulting IR "
                        "(or write it with -o). The IR is verified before and after every pass.")
-    p.add_argument("input", help="model file (.ckir)")
+    p.add_argument("input", help="model file (.ckir or .onnx)")
     _passes_arg(p, "")
     p.add_argument("-o", "--output", help="write the IR here (big in-memory weights go to OUTPUT.bin)")
     p.add_argument("--print-ir-before-all", action="store_true", help="print the IR before each pass (stderr)")
@@ -67,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run a model on inputs from .npy files",
                        description="Run a model's graph with the given backend and print (or save) "
                        "its outputs. Inputs come from .npy files or, with --random, are generated.")
-    p.add_argument("input", help="model file (.ckir)")
+    p.add_argument("input", help="model file (.ckir or .onnx)")
     p.add_argument("--input", "-i", dest="inputs", action="append", default=[], metavar="NAME=FILE.npy",
                    help="an input array (repeatable)")
     p.add_argument("--random", action="store_true",
@@ -86,11 +86,21 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Summarize a model from its op declarations: graph signatures, "
                        "ops by kind, weight bytes, and FLOPs and bytes moved estimated from each "
                        "op's declared cost.")
-    p.add_argument("input", help="model file (.ckir)")
+    p.add_argument("input", help="model file (.ckir or .onnx)")
     _passes_arg(p)
     p.add_argument("--bind", action="append", metavar="NAME=SIZE",
                    help="size of a symbolic dim for the estimates")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    _common(p)
+
+    p = sub.add_parser("export-onnx", help="write a model as ONNX (for ops that map back)",
+                       description="Run optional passes, then write the module's graph as an ONNX "
+                       "model that onnxruntime or Netron can open. Ops without an ONNX mapping are "
+                       "reported by name.")
+    p.add_argument("input", help="model file (.ckir or .onnx)")
+    p.add_argument("-o", "--output", required=True, help="the .onnx file to write")
+    _passes_arg(p)
+    p.add_argument("--graph", help="graph to export (default: the only one, or @main)")
     _common(p)
 
     p = sub.add_parser("passes", help="list registered passes and their options",
@@ -207,6 +217,15 @@ def cmd_dump(a) -> int:
     return 0
 
 
+def cmd_export_onnx(a) -> int:
+    m = _load(a.input, a.passes)
+    model = m.to_onnx(a.graph)
+    from .api import _atomic_write
+    _atomic_write(a.output, lambda f: f.write(model.SerializeToString()))
+    print(f"wrote {a.output} (opset {model.opset_import[0].version}, {len(model.graph.node)} nodes)")
+    return 0
+
+
 def cmd_passes(a) -> int:
     import dataclasses
     import typing
@@ -232,7 +251,8 @@ def cmd_passes(a) -> int:
     return 0
 
 
-COMMANDS = {"opt": cmd_opt, "run": cmd_run, "dump": cmd_dump, "passes": cmd_passes}
+COMMANDS = {"opt": cmd_opt, "run": cmd_run, "dump": cmd_dump, "export-onnx": cmd_export_onnx,
+            "passes": cmd_passes}
 
 
 def main(argv=None) -> int:

@@ -434,6 +434,11 @@ class Module:
         from .verifier import verify
         verify(self)
 
+    def to_onnx(self, graph: str | None = None):
+        """This module's graph as an onnx.ModelProto (for ops that map back to ONNX)."""
+        from ckir.frontends.onnx.export import to_onnx
+        return to_onnx(self, graph)
+
     def clone(self) -> Module:
         from .parser import parse
         m = parse(self.print(), weights={n: w.data for n, w in self.weights.items()})

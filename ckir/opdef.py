@@ -257,7 +257,7 @@ class Arg:
             hi = 5 if self.high is None else self.high
             return rng.integers(lo, hi, self.shape).astype(d.np)
         if d.is_bool:
-            return rng.random(self.shape) < 0.5
+            return np.asarray(rng.random(self.shape) < 0.5)
         raise CkirError(f"no random examples for {d}")
 
     def __repr__(self):

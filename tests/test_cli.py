@@ -20,7 +20,7 @@ def cli(capsys, *args):
     return rc, out, err
 
 
-@pytest.mark.parametrize("cmd", ["opt", "run", "dump", "passes"])
+@pytest.mark.parametrize("cmd", ["opt", "run", "dump", "passes", "export-onnx"])
 def test_help(capsys, cmd):
     with pytest.raises(SystemExit) as e:
         main([cmd, "--help"])
@@ -139,3 +139,14 @@ def test_console_script_is_installed():
     assert r.returncode == 1 and r.stderr == "error: /nonexistent.ckir: no such file\n"
     r = subprocess.run([sys.executable, "-m", "ckir.cli", "--version"], capture_output=True, text=True)
     assert r.returncode == 0 and r.stdout.startswith("ckir ")
+
+
+def test_export_onnx(tmp_path, capsys):
+    import onnx
+    out = tmp_path / "mlp.onnx"
+    rc, text, err = cli(capsys, "export-onnx", MLP, "--passes", "canonicalize,cse,dce", "-o", str(out))
+    assert rc == 0, err
+    assert "wrote" in text and onnx.load(str(out)).graph.output[0].name == "logits"
+    rc, _, err = cli(capsys, "export-onnx", os.path.join(ROOT, "examples", "swish.ckir"), "-o", str(out),
+                     "-p", "canonicalize")
+    assert rc == 0, err
