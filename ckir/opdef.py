@@ -492,7 +492,7 @@ def register(opdef: OpDef) -> OpDef:
 
 def declare(cls) -> OpDef:
     """Class decorator: turn a declaration class into a registered OpDef."""
-    ns = {k: v for k, v in vars(cls).items() if not k.startswith("__")}
+    ns = {k: v for k, v in vars(cls).items() if not k.startswith("_")}   # _private helpers stay out
     name = ns.pop("name")
     for k in ("infer", "ref", "vjp", "cost", "verify"):
         if isinstance(ns.get(k), staticmethod):

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ckir.opdef import Attr, Cost, Ex, declare
+from ckir.opdef import ANY, Attr, Cost, Ex, Operand, declare
 from ckir.types import TensorType
 
 
@@ -29,3 +29,25 @@ class constant:
 
     def cost(op, bind):
         return Cost(0, 0, op.results[0].type.nbytes())
+
+
+@declare
+class stop_gradient:
+    """The identity, to which autodiff assigns no gradient: y = x, dy/dx treated as 0."""
+    name = "nn.stop_gradient"
+    operands = (Operand("x", ANY),)
+    traits = {"pure", "view"}
+    examples = (Ex("f32[2,3]"), Ex("i64[4]"))
+    fold = False     # keep the marker where the user put it
+
+    def infer(x):
+        return x
+
+    def ref(x):
+        return x
+
+    def vjp(b, op, g):
+        return [None]
+
+    def cost(op, bind):
+        return Cost()

@@ -533,7 +533,7 @@ class pad_grad:
             acc = np.zeros((n,) + part.shape[1:], y.dtype)
             np.add.at(acc, src[src >= 0], part[src >= 0])
             y = np.moveaxis(acc, 0, i)
-        return np.ascontiguousarray(y.astype(g.dtype, copy=False))
+        return np.array(y.astype(g.dtype, copy=False), order="C")
 
     def vjp(b, op, dy):
         if dy is None:

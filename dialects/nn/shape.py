@@ -120,14 +120,15 @@ class transpose:
     attrs = (Attr("perm", "ints", None),)
     traits = {"pure"}
     cost = data_movement_cost
-    examples = (Ex("f32[2,3]"), Ex("f32[2,3,4]", perm=[1, 0, 2]), Ex("f32[2,3,4,5]", perm=[0, 2, 3, 1]))
+    examples = (Ex("f32[2,3]"), Ex("f32[2,3,4]", perm=[1, 0, 2]), Ex("f32[2,3,4,5]", perm=[0, 2, 3, 1]),
+                Ex("f32[]"))
 
     def infer(x, *, perm):
         p = _perm(perm, x.rank)
         return x.with_shape([x.shape[i] for i in p])
 
     def ref(x, *, perm):
-        return np.ascontiguousarray(np.transpose(x, _perm(perm, x.ndim)))
+        return np.array(np.transpose(x, _perm(perm, x.ndim)), order="C")   # ascontiguousarray makes 0-d 1-d
 
     def vjp(b, op, g):
         if g is None:
@@ -216,7 +217,7 @@ class expand:
         return x.with_shape(broadcast_shapes(x.shape, with_bounds(shape, x)))
 
     def ref(x, *, shape):
-        return np.ascontiguousarray(np.broadcast_to(x, np.broadcast_shapes(x.shape, tuple(shape))))
+        return np.array(np.broadcast_to(x, np.broadcast_shapes(x.shape, tuple(shape))), order="C")
 
     def vjp(b, op, g):
         if g is None:
@@ -231,7 +232,8 @@ class broadcast_like:
     operands = (Operand("x", ANY), Operand("like", ANY))
     traits = {"pure", "broadcasting"}
     cost = data_movement_cost
-    examples = (Ex("f32[3,1]", "f32[3,4]"), Ex("f32[]", "i64[2,2]"), Ex("f32[4]", "f32[2,3,4]"))
+    examples = (Ex("f32[3,1]", "f32[3,4]"), Ex("f32[]", "i64[2,2]"), Ex("f32[4]", "f32[2,3,4]"),
+                Ex("f32[]", "f32[]"))
 
     def infer(x, like):
         out = broadcast_shapes(x.shape, like.shape)
@@ -243,7 +245,7 @@ class broadcast_like:
         return x.with_shape(like.shape)
 
     def ref(x, like):
-        return np.ascontiguousarray(np.broadcast_to(x, like.shape))
+        return np.array(np.broadcast_to(x, like.shape), order="C")
 
     def vjp(b, op, g):
         if g is None:
@@ -258,8 +260,10 @@ class size:
     operands = (Operand("x", ANY),)
     attrs = (Attr("axes", "ints", None), Attr("dtype", "dtype", dt.i64))
     traits = {"pure"}
-    vjp = not_differentiable("depends only on the shape")
     examples = (Ex("f32[3,4]"), Ex("f32[3,4,5]", axes=[0, 2], dtype="f32"))
+
+    def vjp(b, op, g):
+        return [None]      # it depends only on the shape: the gradient is exactly zero
 
     def infer(x, *, axes, dtype):
         norm_axes(axes, x.rank)
@@ -270,7 +274,6 @@ class size:
 
     def cost(op, bind):
         return Cost(0, 0, op.results[0].type.nbytes())
-
 
 
 @declare
