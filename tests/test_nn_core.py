@@ -228,3 +228,29 @@ def test_gradient_types_match_operands_with_anonymous_dims():
     res = ckir.compile(m)(x, y, np.ones((4, 3)))
     np.testing.assert_array_equal(res["g0"], np.ones((4, 3)))
     assert [v.type for v in m.main.outputs][1:] == [TensorType([Sym("n"), 3], "f64"), TensorType([None, 3], "f64")]
+
+
+def test_cast_from_f64_rounds_once():
+    """f64 -> bf16 must round once, to nearest even. torch and ml_dtypes both go through f32 and
+    round twice, so the oracle is brute force: every finite bf16 value, exactly in f64."""
+    import ml_dtypes
+    table = np.arange(65536, dtype=np.uint16).view(ml_dtypes.bfloat16).astype(np.float64)
+    bits = np.arange(65536)
+    ok = np.isfinite(table)
+    table, bits = table[ok], bits[ok]
+    order = np.argsort(table, kind="stable")
+    table, bits = table[order], bits[order]
+
+    def nearest_even(v):
+        i = np.searchsorted(table, v)
+        lo, hi = table[max(i - 1, 0)], table[min(i, len(table) - 1)]
+        if v - lo != hi - v:
+            return lo if v - lo < hi - v else hi
+        return lo if bits[max(i - 1, 0)] % 2 == 0 else hi
+
+    x = np.concatenate([[1 + 2**-8 + 2**-40, -(1 + 2**-8 + 2**-40), 1 + 2**-8, 3.0],
+                        R.standard_normal(200) * 10.0 ** R.integers(-20, 20, 200)])
+    (y,), _ = run_op("cast", [x], {"to": "bf16"}, [None])
+    want = np.array([nearest_even(v) for v in x])
+    np.testing.assert_array_equal(y.astype(np.float64), want)
+    assert y[0] == 1 + 2**-7        # torch.tensor(x).to(torch.bfloat16) gives 1.0 here

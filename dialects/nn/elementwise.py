@@ -285,6 +285,19 @@ class where:
                 unbroadcast(b, b.nn.where(cond, zero, g), y)]
 
 
+def _f32_round_to_odd(x: np.ndarray) -> np.ndarray:
+    """f64 -> f32 rounding to odd: an inexact result takes whichever neighbour has an odd last
+    mantissa bit. Rounding that again to a narrower type gives round-to-nearest-even of x."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        r = x.astype(np.float32)
+        inexact = np.isfinite(r) & (r.astype(np.float64) != x)
+        even = (r.view(np.uint32) & 1) == 0
+        fix = inexact & even
+        toward = np.where(x[fix] > r[fix], np.inf, -np.inf).astype(np.float32)
+        r[fix] = np.nextafter(r[fix], toward)
+    return r
+
+
 @declare
 class cast:
     """Convert to dtype `to` (numpy astype: float -> int truncates toward zero; -> bool is
@@ -303,6 +316,10 @@ class cast:
         return x.with_dtype(to)
 
     def ref(x, *, to):
+        if x.dtype == np.float64 and to.is_float and to.bits < 32:
+            # ml_dtypes converts f64 through f32: round to odd on the way so the final rounding
+            # to nearest-even is the correct one (double rounding otherwise)
+            return _f32_round_to_odd(x).astype(to.np)
         return x.astype(to.np)
 
     def vjp(b, op, g):
