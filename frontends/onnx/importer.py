@@ -165,9 +165,8 @@ class Importer:
         self.base_dir = base_dir
         self.module = Module(name)
         self.module.base_dir = base_dir
+        # each node's domain is checked against these when it is converted
         self.opsets = {registry.DOMAIN_ALIASES.get(o.domain, o.domain): o.version for o in model.opset_import}
-        if registry.ONNX not in self.opsets:
-            raise CkirError(f"{name}: the model imports no ai.onnx opset")
         self.known: dict[Value, np.ndarray] = {}
 
     # --- values known at import time ------------------------------------------------------------
