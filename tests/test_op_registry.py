@@ -12,6 +12,17 @@ STRUCTURAL = {
     "ckir.return": "ends every graph: every test module round-trips it",
     "ckir.weight": "needs a module weight: tests/test_ir.py::test_weight_op_roundtrip_and_run",
     "test.call": "declared by tests/conftest.py to exercise regions: tests/test_ir.py",
+    # regions and sequence/optional operands (examples build tensor operands only)
+    "nn.if": "regions: tests/test_onnx_control.py::test_if_*",
+    "nn.loop": "a region: tests/test_onnx_control.py::test_loop_*, test_sequence_map",
+    "nn.scan": "a region: tests/test_onnx_control.py::test_scan*",
+    "nn.seq_insert": "a sequence operand: tests/test_onnx_control.py::test_sequence_*",
+    "nn.seq_erase": "a sequence operand: tests/test_onnx_control.py::test_sequence_construct_insert_erase_at_length",
+    "nn.seq_at": "a sequence operand: tests/test_onnx_control.py::test_sequence_*",
+    "nn.seq_length": "a sequence operand: tests/test_onnx_control.py::test_sequence_construct_insert_erase_at_length",
+    "nn.concat_from_seq": "a sequence operand: tests/test_onnx_control.py::test_concat_from_sequence",
+    "nn.opt_has": "an optional operand: tests/test_onnx_control.py::test_optional_some_none_has_get",
+    "nn.opt_get": "an optional operand: tests/test_onnx_control.py::test_optional_*",
 }
 
 OPS = sorted(ckir.all_ops(), key=lambda o: o.name)

@@ -22,7 +22,7 @@ from ckir.builder import Builder
 from ckir.errors import CkirError
 from ckir.ir import Block, FileSource, Graph, Module, Op, Value, gc_paused
 from ckir.opdef import get_op
-from ckir.types import ANY, Sym, TensorType
+from ckir.types import ANY, OptType, SeqType, Sym, TensorType
 
 from . import registry
 
@@ -87,6 +87,23 @@ def tensor_type(tp, what: str) -> TensorType:
     return TensorType(dims, d)
 
 
+def value_type(tp, what: str):
+    """ckir type of an ONNX TypeProto: a tensor, a sequence of tensors, or an optional of
+    either."""
+    kind = tp.WhichOneof("value")
+    if kind == "sequence_type":
+        e = value_type(tp.sequence_type.elem_type, f"{what} (sequence element)")
+        if type(e) is not TensorType:
+            raise CkirError(f"{what}: sequences of {e} are not supported (sequences of tensors only)")
+        return SeqType(e)
+    if kind == "optional_type":
+        e = value_type(tp.optional_type.elem_type, f"{what} (optional element)")
+        if type(e) is OptType:
+            raise CkirError(f"{what}: an optional of an optional is not supported")
+        return OptType(e)
+    return tensor_type(tp, what)
+
+
 def safe_external_path(base_dir: str, location: str, tensor: str) -> str:
     """Resolve an external-data location inside the model's directory: absolute paths, `..`
     and symlinks that leave it are refused."""
@@ -141,10 +158,11 @@ class Scope:
     """Names visible while converting one (sub)graph. A name found only in an enclosing scope
     is captured: it becomes a new argument of this scope's block (regions are isolated)."""
 
-    def __init__(self, block: Block, parent: Scope | None = None):
+    def __init__(self, block: Block, parent: Scope | None = None, on_capture=None):
         self.block, self.parent = block, parent
         self.names: dict[str, Value] = {}
         self.captures: list[tuple[Value, Value]] = []    # (outer value, block argument)
+        self.on_capture = on_capture
 
     def lookup(self, name: str) -> Value | None:
         v = self.names.get(name)
@@ -156,6 +174,8 @@ class Scope:
         arg = self.block.add_arg(outer.type, name)
         self.names[name] = arg
         self.captures.append((outer, arg))
+        if self.on_capture is not None:
+            self.on_capture(outer, arg)
         return arg
 
 
@@ -235,7 +255,7 @@ class Importer:
             for vi in g.input:
                 if vi.name in inits:
                     continue          # an initializer listed as an input (IR < 4): a weight
-                t = tensor_type(vi.type, f"graph input {vi.name}")
+                t = value_type(vi.type, f"graph input {vi.name}")
                 scope.names[vi.name] = graph.add_arg(t, vi.name)
             self.convert_nodes(g.node, scope)
             outs = []
@@ -308,7 +328,7 @@ class Importer:
         """Convert a subgraph attribute into a region. Returns (block, captured outer values):
         the block's arguments are `arg_types` followed by one per captured value."""
         block = Block(arg_types, arg_names)
-        inner = Scope(block, scope)
+        inner = Scope(block, scope, self._capture_known)
         for i, vi in enumerate(g.input):
             if i < len(block.args):
                 inner.names[vi.name] = block.args[i]
@@ -324,11 +344,13 @@ class Importer:
                 raise CkirError(f"subgraph {g.name}: output {vi.name} is not defined")
             outs.append(v)
         block.append(Op(get_op("ckir.return"), outs, ()))
-        for outer, arg in inner.captures:
-            k = self.known_value(outer)
-            if k is not None:
-                self.known[arg] = k
         return block, [outer for outer, _ in inner.captures]
+
+    def _capture_known(self, outer: Value, arg: Value) -> None:
+        """A captured value known at import is known inside the region too."""
+        k = self.known_value(outer)
+        if k is not None:
+            self.known[arg] = k
 
     def convert_initializers_into(self, g, scope: Scope) -> None:
         b = Builder.at_end(scope.block)

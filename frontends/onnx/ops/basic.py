@@ -50,4 +50,7 @@ def shape(ctx):
 
 @converter("Size", since=1)
 def size(ctx):
-    return ctx.b.nn.size(ctx.x(0), dtype=dt.i64)
+    x = ctx.x(0)
+    if x.type.is_static:
+        return ctx.b.constant(np.asarray(x.type.numel, dtype=np.int64))
+    return ctx.b.nn.size(x, dtype=dt.i64)
