@@ -56,27 +56,11 @@ def targets(module: Module, g: Graph, wrt) -> dict[str, list[Value]]:
     return out
 
 
-def append_gradients(module: Module, g: Graph, loss_name: str, wrt) -> dict:
-    """Build the backward graph in `g`; returns statistics."""
-    names = list(g.output_names)
-    if not loss_name:
-        if len(names) != 1:
-            raise CkirError(f"autodiff: graph @{g.name} has outputs {', '.join(names)}; "
-                            "name the loss with loss=NAME")
-        loss_name = names[0]
-    if loss_name not in names:
-        raise CkirError(f"autodiff: graph @{g.name} has no output '{loss_name}' (outputs: {', '.join(names)})")
-    loss = g.outputs[names.index(loss_name)]
-    if not _float(loss) or loss.type.rank != 0:
-        raise CkirError(f"autodiff: the loss '{loss_name}' must be a float scalar, it is {loss.type}")
-    tgt = targets(module, g, wrt)
-    for n in tgt:
-        if f"grad.{n}" in names:
-            raise CkirError(f"autodiff: graph @{g.name} already has an output grad.{n}")
-
-    # the ops on a path from a target to the loss
-    ops = [op for op in g if op is not g.terminator]
-    live = {v for vals in tgt.values() for v in vals}
+def backprop(ops, loss: Value, wrt: list, b: Builder) -> tuple[dict, int]:
+    """Reverse-mode differentiation of the scalar `loss` through `ops` (in program order),
+    emitting the backward ops with `b`. Returns ({value: its gradient} for the values on a
+    path from `wrt` to the loss, number of ops on that path)."""
+    live = set(wrt)
     for op in ops:
         if any(v in live for v in op.operands):
             live.update(r for r in op.results if _float(r))
@@ -86,8 +70,6 @@ def append_gradients(module: Module, g: Graph, loss_name: str, wrt) -> dict:
         if any(r in needed for r in op.results) and any(v in live for v in op.operands):
             path.append(op)
             needed.update(v for v in op.operands if v in live)
-
-    b = Builder.before(g.terminator, loc="autodiff")
     ct: dict[Value, Value] = {loss: b.constant(np.ones((), loss.type.dtype.np))}
     for op in path:                      # already in reverse order
         grads = [ct.get(r) for r in op.results]
@@ -110,6 +92,30 @@ def append_gradients(module: Module, g: Graph, loss_name: str, wrt) -> dict:
             prev = ct.get(v)
             ct[v] = gv if prev is None else b.nn.add(prev, gv)
 
+    return ct, len(path)
+
+
+def append_gradients(module: Module, g: Graph, loss_name: str, wrt) -> dict:
+    """Build the backward graph in `g`; returns statistics."""
+    names = list(g.output_names)
+    if not loss_name:
+        if len(names) != 1:
+            raise CkirError(f"autodiff: graph @{g.name} has outputs {', '.join(names)}; "
+                            "name the loss with loss=NAME")
+        loss_name = names[0]
+    if loss_name not in names:
+        raise CkirError(f"autodiff: graph @{g.name} has no output '{loss_name}' (outputs: {', '.join(names)})")
+    loss = g.outputs[names.index(loss_name)]
+    if not _float(loss) or loss.type.rank != 0:
+        raise CkirError(f"autodiff: the loss '{loss_name}' must be a float scalar, it is {loss.type}")
+    tgt = targets(module, g, wrt)
+    for n in tgt:
+        if f"grad.{n}" in names:
+            raise CkirError(f"autodiff: graph @{g.name} already has an output grad.{n}")
+
+    ops = [op for op in g if op is not g.terminator]
+    b = Builder.before(g.terminator, loc="autodiff")
+    ct, n_path = backprop(ops, loss, [v for vals in tgt.values() for v in vals], b)
     outs, out_names = list(g.outputs), list(names)
     for name, vals in tgt.items():
         gs = [ct[v] for v in vals if v in ct]
@@ -122,7 +128,7 @@ def append_gradients(module: Module, g: Graph, loss_name: str, wrt) -> dict:
         outs.append(grad)
         out_names.append(f"grad.{name}")
     g.set_outputs(outs, out_names)
-    return {"ops on the path": len(path), "gradients": len(tgt)}
+    return {"ops on the path": n_path, "gradients": len(tgt)}
 
 
 @register_pass

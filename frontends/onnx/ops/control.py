@@ -617,5 +617,17 @@ def momentum(ctx):
 
 @converter("Gradient", since=1, domain=TRAINING)
 def gradient(ctx):
-    raise ctx.fail("Gradient is not supported: it needs ckir's autodiff pass run on the graph it "
-                   "differentiates, which the ONNX frontend does not do yet")
+    """dY/dX for the part of the graph converted so far, by ckir's autodiff (a scalar Y)."""
+    from ckir.passes.autodiff import backprop
+    if ctx.has("zs"):
+        raise ctx.fail("the zs attribute (differentiating at given intermediate values) is not supported")
+    y = ctx.scope.lookup(ctx.attr("y"))
+    xs = [ctx.scope.lookup(n) for n in ctx.attr("xs")]
+    if y is None or any(x is None for x in xs):
+        raise ctx.fail("y and every xs name must be defined before the Gradient node")
+    if type(y.type) is not TensorType or not y.type.dtype.is_float or y.type.rank != 0:
+        raise ctx.fail(f"y must be a float scalar, it is {y.type}")
+    ops = list(ctx.scope.block)
+    ct, _ = backprop(ops, y, xs, ctx.b)
+    zero = ctx.b.constant(np.zeros((), y.type.dtype.np))
+    return [ct[x] if x in ct else ctx.b.nn.broadcast_like(zero, x) for x in xs]
