@@ -703,12 +703,18 @@ def test_optimizers_match_onnx_reference(op, n_state, attrs, n, t):
     check(m, feeds, rtol=1e-5, atol=1e-6, oracle="reference")
 
 
-def test_training_gradient_is_unsupported_with_a_reason():
+def test_training_gradient_needs_a_scalar_y_and_runs_autodiff():
     node = oh.make_node("Gradient", ["a"], ["da"], domain=TRAINING, xs=["a"], y="b")
     m = make([oh.make_node("Mul", ["a", "a"], ["b"]), node], [tinfo("a", TP.FLOAT, [2])],
              [tinfo("da", TP.FLOAT, [2])], training=True)
-    with pytest.raises(ckir.CkirError, match="Gradient is not supported: it needs ckir's autodiff pass"):
+    with pytest.raises(ckir.CkirError, match=r"y must be a float scalar, it is tensor<2xf32>"):
         import_onnx(m)
+    s = oh.make_node("ReduceSum", ["b"], ["s"], keepdims=0)
+    node = oh.make_node("Gradient", ["a"], ["da"], domain=TRAINING, xs=["a"], y="s")
+    m = make([oh.make_node("Mul", ["a", "a"], ["b"]), s, node], [tinfo("a", TP.FLOAT, [2])],
+             [tinfo("da", TP.FLOAT, [2])], training=True)
+    a = np.array([1.5, -2.0], np.float32)
+    np.testing.assert_allclose(ckir.compile(import_onnx(m))(a)["da"], 2 * a)
 
 
 def test_optimizer_shape_mismatch_is_a_shape_error():
