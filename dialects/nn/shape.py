@@ -260,7 +260,7 @@ class size:
     operands = (Operand("x", ANY),)
     attrs = (Attr("axes", "ints", None), Attr("dtype", "dtype", dt.i64))
     traits = {"pure"}
-    examples = (Ex("f32[3,4]"), Ex("f32[3,4,5]", axes=[0, 2], dtype="f32"))
+    examples = (Ex("f32[3,4]"), Ex("f32[3,4,5]", axes=[0, 2], dtype="f32"), Ex("f32[2,5]", dtype="f64"))
 
     def vjp(b, op, g):
         return [None]      # it depends only on the shape: the gradient is exactly zero
