@@ -15,6 +15,7 @@ from ckir import dtypes as dt
 from ckir.dialects.nn.dynamic import pad_pairs, static_reshape_shape, wrap_pad_static
 from ckir.errors import CkirError
 from ckir.ir import Value
+from ckir.types import TensorType
 
 from ..importer import onnx_dtype
 from ..registry import converter
@@ -399,7 +400,14 @@ def range_(ctx):
         s = [np.asarray(v).reshape(())[()] for v in vals]
         if all(np.asarray(float(v)).astype(d.np) == v for v in s):
             return b.nn.arange(start=float(s[0]), limit=float(s[1]), delta=float(s[2]), dtype=d)
-    return b.nn.arange_dyn(*[_scalar(b, ctx.x(i)) for i in range(3)])
+    operands = [_scalar(b, ctx.x(i)) for i in range(3)]
+    lim = ctx.const(1)
+    if vals[0] is not None and vals[2] is not None and lim is not None and lim.dtype == object \
+            and np.asarray(vals[0]).reshape(-1)[0] == 0 and np.asarray(vals[2]).reshape(-1)[0] == 1:
+        # range(0, n) over a symbolic dim n (e.g. positions 0..seq-1): its length is n
+        n = lim.reshape(-1)[0]
+        return b.create("nn.arange_dyn", operands, result_types=[TensorType([n], d)]).results[0]
+    return b.nn.arange_dyn(*operands)
 
 
 @converter("OneHot", since=9)
