@@ -247,10 +247,9 @@ class Importer:
     def run(self) -> Module:
         g = self.model.graph
         with gc_paused():
-            self.convert_initializers(g)
             graph = Graph("main")
             scope = Scope(graph)
-            self.weights_to_scope(g, scope)
+            self.initializers_to_scope(g, scope)
             inits = {t.name for t in g.initializer}
             for vi in g.input:
                 if vi.name in inits:
@@ -268,28 +267,22 @@ class Importer:
             self.module.add_graph(graph)
         return self.module
 
-    def convert_initializers(self, g) -> None:
+    def initializers_to_scope(self, g, scope: Scope) -> None:
+        """A (sub)graph's initializers as values: tiny ones as constants, the rest as module
+        weights (memory-mapped when external)."""
         if len(g.sparse_initializer):
             raise CkirError(f"sparse initializer {g.sparse_initializer[0].values.name} is not supported")
-        self._init_types = {}
-        for t in g.initializer:
-            ty, data = initializer_data(t, self.base_dir)
-            self._init_types[t.name] = (ty, data)
-
-    def weights_to_scope(self, g, scope: Scope) -> None:
-        """Initializers as values: tiny ones as constants, the rest as module weights."""
         b = Builder.at_end(scope.block)
         for t in g.initializer:
-            ty, data = self._init_types[t.name]
+            ty, data = initializer_data(t, self.base_dir)
             if isinstance(data, np.ndarray) and data.size <= CONSTANT_ELEMENTS:
                 v = b.constant(data)
                 self.known[v] = data
             else:
-                name = t.name
-                if name in self.module.weights:
-                    raise CkirError(f"initializer {name} is defined twice")
-                self.module.add_weight(name, ty, data)
-                v = b.weight(self.module, name)
+                if t.name in self.module.weights:
+                    raise CkirError(f"initializer {t.name} is defined twice")
+                self.module.add_weight(t.name, ty, data)
+                v = b.weight(self.module, t.name)
             v.name = t.name
             scope.names[t.name] = v
 
@@ -334,8 +327,7 @@ class Importer:
                 inner.names[vi.name] = block.args[i]
                 if block.args[i].name is None:
                     block.args[i].name = vi.name
-        if len(g.initializer):
-            self.convert_initializers_into(g, inner)
+        self.initializers_to_scope(g, inner)
         self.convert_nodes(g.node, inner)
         outs = []
         for vi in g.output:
@@ -351,19 +343,6 @@ class Importer:
         k = self.known_value(outer)
         if k is not None:
             self.known[arg] = k
-
-    def convert_initializers_into(self, g, scope: Scope) -> None:
-        b = Builder.at_end(scope.block)
-        for t in g.initializer:
-            ty, data = initializer_data(t, self.base_dir)
-            if isinstance(data, np.ndarray):
-                v = b.constant(data)
-                self.known[v] = data
-            else:
-                self.module.add_weight(t.name, ty, data)
-                v = b.weight(self.module, t.name)
-            v.name = t.name
-            scope.names[t.name] = v
 
 
 def _where(node, opset) -> str:
