@@ -22,10 +22,13 @@ def storage_shape(t: TensorType, shape) -> tuple:
     return tuple(shape)
 
 
+_ALL_STR = object()
+
+
 def check_value(arr, t, bind: dict, what: str) -> None:
-    """Check that `arr` holds a value of type `t`, binding named dims in `bind`. Sequences are
-    lists of arrays (their elements' named dims are not bound: they may differ per element);
-    optionals are None or their value."""
+    """Check that `arr` holds a value of type `t`, binding named dims in `bind`. String tensors
+    are object arrays of str. Sequences are lists of arrays (their elements' named dims are not
+    bound: they may differ per element); optionals are None or their value."""
     if type(t) is SeqType:
         if not isinstance(arr, list):
             raise CkirError(f"{what}: expected a sequence (list of arrays), got {type(arr).__name__}")
@@ -42,6 +45,11 @@ def check_value(arr, t, bind: dict, what: str) -> None:
         raise CkirError(f"{what}: expected an array, got {type(arr).__name__}")
     if arr.dtype != want:
         raise CkirError(f"{what}: expected {d}, got {arr.dtype}")
+    if d.is_string:
+        bad = next((x for x in arr.flat if not isinstance(x, str)), _ALL_STR)
+        if bad is not _ALL_STR:
+            raise CkirError(f"{what}: a string tensor holds Python str elements, got "
+                            f"{type(bad).__name__} {bad!r:.40}")
     if arr.ndim != t.rank:
         raise CkirError(f"{what}: expected rank {t.rank} ({t}), got shape {list(arr.shape)}")
     shape = arr.shape

@@ -51,6 +51,8 @@ class CompiledModule:
             if type(t) is not TensorType:
                 if type(t) is SeqType and isinstance(a, tuple):
                     a = list(a)
+            elif t.dtype.is_string:
+                a = _string_input(a, n)
             elif not isinstance(a, np.ndarray):
                 if isinstance(a, (list, tuple, int, float, bool, np.generic)):
                     a = np.asarray(a, dtype=t.dtype.np if t.dtype.np is not None else None)
@@ -69,6 +71,27 @@ class CompiledModule:
         return dict(zip(self.output_names, outs))
 
 
+def _string_input(a, name: str):
+    """A string input as an object array of str: numpy text arrays and lists are converted,
+    bytes (as ONNX tooling often gives strings) are decoded as UTF-8."""
+    if not isinstance(a, np.ndarray):
+        if not isinstance(a, (list, tuple, str, bytes, np.generic)):
+            raise InputError(f"input '{name}': expected a numpy array of strings, got {type(a).__name__}")
+        a = np.asarray(a, dtype=object)
+    if a.dtype.kind in "US":
+        a = a.astype(object)
+    if a.dtype == object and any(isinstance(x, bytes) for x in a.flat):
+        out = np.empty(a.shape, dtype=object)
+        for i, x in enumerate(a.flat):
+            try:
+                out.flat[i] = x.decode("utf-8") if isinstance(x, bytes) else x
+            except UnicodeDecodeError as e:
+                raise InputError(f"input '{name}': element {i} is not valid UTF-8 ({e.reason} at "
+                                 f"byte {e.start})") from None
+        a = out
+    return a
+
+
 def compile(module: Module, backend: str = "interp", passes: str | None = None,
             graph: str | None = None, **options) -> CompiledModule:
     """Run `passes` (a pipeline string) on `module` in place, then compile `graph` for
@@ -85,8 +108,9 @@ def compile(module: Module, backend: str = "interp", passes: str | None = None,
 
 def save(module: Module, path: str, *, inline_limit: int = INLINE_WEIGHT_BYTES) -> None:
     """Write `module` as text to `path`. In-memory weights above `inline_limit` bytes go to
-    `path + '.bin'` (64-byte aligned) and are referenced by offset; file weights are re-pointed
-    relative to the new location. Written atomically (temp file + rename)."""
+    `path + '.bin'` (64-byte aligned) and are referenced by offset (string weights have no byte
+    form: they stay inline); file weights are re-pointed relative to the new location. Written
+    atomically (temp file + rename)."""
     from .printer import print_module
     out_dir = os.path.dirname(os.path.abspath(path))
     bin_path = path + ".bin"
@@ -102,7 +126,7 @@ def save(module: Module, path: str, *, inline_limit: int = INLINE_WEIGHT_BYTES) 
                 if not os.path.isabs(src) and module.base_dir is not None:
                     src = os.path.join(module.base_dir, src)
                 w.data = FileSource(os.path.relpath(os.path.abspath(src), out_dir), d.offset)
-            elif d is not None and not w.inline and (
+            elif d is not None and not w.inline and not w.type.dtype.is_string and (
                     np.asarray(d).nbytes > inline_limit or w.type.dtype.is_quant):
                 arr = np.ascontiguousarray(w.array())
                 blobs.append((offset, arr))

@@ -1,7 +1,7 @@
 """The two structural ops the core itself relies on."""
 from __future__ import annotations
 
-from .opdef import ANY, QUANT, Attr, Cost, Operand, Result, declare, not_differentiable
+from .opdef import ANY, QUANT, STRING, Attr, Cost, Operand, Result, declare, not_differentiable
 
 
 @declare
@@ -9,7 +9,7 @@ class return_:
     """Ends a block; its operands are the block's outputs (a graph's outputs, or a region's
     results)."""
     name = "ckir.return"
-    operands = (Operand("values", ANY + QUANT, variadic=True, kind="any"),)
+    operands = (Operand("values", ANY + QUANT + STRING, variadic=True, kind="any"),)
     results = (Result("none", variadic=True),)
     traits = {"terminator"}
     vjp = not_differentiable("structural: autodiff handles graph outputs itself")

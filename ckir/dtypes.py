@@ -1,8 +1,12 @@
-"""Element types: plain numeric types and GGML block-quantized types.
+"""Element types: plain numeric types, GGML block-quantized types and strings.
 
 A block-quantized type packs `block_size` consecutive elements of the innermost dimension into
 `block_bytes` bytes. Values of such types are stored as raw bytes: a tensor of logical shape
 (..., K) is held in memory as uint8 of shape (..., K // block_size * block_bytes).
+
+`string` elements are variable-length Unicode text (ONNX's UTF-8 strings): values are numpy
+object arrays whose elements are Python `str`. Their size is not a property of the type, so
+`nbytes` counts 0 bytes for them (cost and memory reports leave strings out).
 """
 from __future__ import annotations
 
@@ -17,7 +21,8 @@ class DType:
 
     def __init__(self, name, kind, bits, np_dtype=None, block_size=1, block_bytes=None):
         self.name = name
-        self.kind = kind  # 'f' float, 'i' signed int, 'u' unsigned int, 'b' bool, 'q' block-quantized
+        # 'f' float, 'i' signed int, 'u' unsigned int, 'b' bool, 'q' block-quantized, 's' string
+        self.kind = kind
         self.bits = bits  # bits per element (for 'q': effective, informational)
         self.np = np.dtype(np_dtype) if np_dtype is not None else None
         self.block_size = block_size
@@ -27,8 +32,11 @@ class DType:
     is_int = property(lambda self: self.kind in "iu")
     is_bool = property(lambda self: self.kind == "b")
     is_quant = property(lambda self: self.kind == "q")
+    is_string = property(lambda self: self.kind == "s")
 
     def nbytes(self, numel: int) -> int:
+        if self.kind == "s":
+            return 0        # variable length: unknown from the type
         if self.kind == "q":
             return numel // self.block_size * self.block_bytes
         if self.kind == "b":
@@ -87,12 +95,14 @@ _QUANT = {
 }
 for _n, (_bs, _bb) in _QUANT.items():
     globals()[_n] = _add(_n, "q", _bb * 8 // _bs, None, block_size=_bs, block_bytes=_bb)
+string = _add("string", "s", 0, object)
 
 _BY_NP = {d.np: d for d in _DTYPES.values() if d.np is not None}
 _BY_NP.update({d.np.type: d for d in _DTYPES.values() if d.np is not None})
 FLOATS = tuple(d for d in _DTYPES.values() if d.kind == "f")
 INTS = tuple(d for d in _DTYPES.values() if d.kind in "iu")
 QUANTS = tuple(d for d in _DTYPES.values() if d.kind == "q")
+STRINGS = (string,)
 ALL = tuple(_DTYPES.values())
 
 

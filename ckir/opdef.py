@@ -53,8 +53,9 @@ FLOAT = dt.FLOATS
 INT = dt.INTS
 BOOL = (dt.bool_,)
 NUMERIC = FLOAT + INT
-ANY = FLOAT + INT + BOOL
+ANY = FLOAT + INT + BOOL      # not strings: an op that takes strings says so (STRING)
 QUANT = dt.QUANTS
+STRING = dt.STRINGS
 
 
 @dataclass(frozen=True)
@@ -80,19 +81,32 @@ REQUIRED = object()
 
 
 class Dense:
-    """An attribute holding a small numpy array (e.g. a constant's value). Hashable by content."""
-    __slots__ = ("array", "_hash")
+    """An attribute holding a small numpy array (e.g. a constant's value). Hashable by content.
+    Strings are object arrays of str (numpy fixed-width text arrays are converted to that)."""
+    __slots__ = ("array", "_key", "_hash")
 
     def __init__(self, array):
         a = np.array(array, copy=True)
+        if a.dtype.kind == "U":
+            a = a.astype(object)
+        if a.dtype == object:
+            bad = [x for x in a.flat if not isinstance(x, str)]
+            if bad:
+                raise CkirError(f"a dense value of dtype object must hold strings, got "
+                                f"{type(bad[0]).__name__} {bad[0]!r}")
+            self._key = tuple(str(x) for x in a.flat)     # an object array's bytes are pointers
+        else:
+            self._key = None
         a.flags.writeable = False
         self.array = a
-        self._hash = hash((a.dtype.str, a.shape, a.tobytes()))
+        self._hash = hash((a.dtype.str, a.shape, self._content()))
+
+    def _content(self):
+        return self._key if self._key is not None else self.array.tobytes()
 
     def __eq__(self, other):
         return (type(other) is Dense and self._hash == other._hash and self.array.dtype == other.array.dtype
-                and self.array.shape == other.array.shape
-                and self.array.tobytes() == other.array.tobytes())
+                and self.array.shape == other.array.shape and self._content() == other._content())
 
     def __hash__(self):
         return self._hash

@@ -9,7 +9,7 @@
     attrs    := '{' NAME '=' attr (',' NAME '=' attr)* '}'
     attr     := INT | FLOAT | true | false | STRING | @NAME | IDENT | '[' attr,* ']' | DENSE ':' TYPE
     TYPE     := tensor<(DIM x)* DTYPE>      DIM := INT | ? | [NAME] | [NAME<=INT] | [?<=INT]
-    DENSE    := dense<number | nested list | "0xHEX">
+    DENSE    := dense<number | nested list | "0xHEX">     (strings: a JSON string or nested list of them)
 """
 from __future__ import annotations
 
@@ -28,12 +28,14 @@ from .types import ANY, OptType, SeqType, Sym, TensorType
 # strings are JSON strings: only JSON's escapes lex, so json.loads always accepts a token
 _STRING = r'"(?:[^"\\\n\x00-\x1f]|\\["\\/bfnrt]|\\u[0-9a-fA-F]{4})*"'
 _NAME = r'(?:[A-Za-z_][A-Za-z0-9_.$]*|' + _STRING + ')'
+# the same strings as one unrolled loop, which scans long ones (hex dense values) quickly
+_STRING_RUN = r'"[^"\\\n\x00-\x1f]*(?:\\(?:["\\/bfnrt]|u[0-9a-fA-F]{4})[^"\\\n\x00-\x1f]*)*"'
 # Leading whitespace and comments are consumed with each token, which halves the matches.
 _TOKEN = re.compile(r"""(?:\s+|//[^\n]*)*(?:
     (?P<value>%(?:\d+|""" + _NAME + r"""))
   | (?P<sym>@""" + _NAME + r""")
   | (?P<type>(?:(?:seq|optional)<)*tensor<[^>]*>(?:>)*)
-  | (?P<dense>dense<[^>]*>)
+  | (?P<dense>dense<[^>"]*(?:""" + _STRING_RUN + r"""[^>"]*)*>)
   | (?P<string>""" + _STRING + r""")
   | (?P<number>[-+]?(?:\d+\.\d*(?:[eE][-+]?\d+)?|\d+[eE][-+]?\d+|\d+|inf\b|nan\b))
   | (?P<arrow>->)
@@ -97,6 +99,8 @@ def parse_dense(body: str, t: TensorType) -> np.ndarray:
     shape = tuple(d if type(d) is int else -1 for d in t.shape)
     if -1 in shape:
         raise CkirError(f"dense value needs a static type, got {t}")
+    if t.dtype.is_string:
+        return _string_dense(body, shape, t)
     if body.startswith('"0x'):
         raw = bytes.fromhex(body[3:-1])
         want = int(np.prod(shape)) * npd.itemsize
@@ -125,6 +129,29 @@ def parse_dense(body: str, t: TensorType) -> np.ndarray:
             return np.full(shape, arr, dtype=npd)    # splat
         raise CkirError(f"dense value has shape {list(arr.shape)}, type {t} says {list(shape)}")
     return arr.astype(npd)
+
+
+def _string_dense(body: str, shape: tuple, t: TensorType) -> np.ndarray:
+    """A string tensor from JSON text: a nested list of strings, or one string (a splat)."""
+    try:
+        val = json.loads(body)
+    except ValueError:
+        raise CkirError(f"bad dense value <{body}>") from None
+    arr = np.empty((), dtype=object)
+    if isinstance(val, list):
+        try:
+            arr = np.array(val, dtype=object)
+        except ValueError:
+            arr = None
+    else:
+        arr[()] = val
+    if arr is None or any(not isinstance(x, str) for x in arr.flat):
+        raise CkirError(f"dense value <{body}> is not a regular array of strings")
+    if arr.shape != shape:
+        if arr.ndim == 0:
+            return np.full(shape, arr[()], dtype=object)    # splat
+        raise CkirError(f"dense value has shape {list(arr.shape)}, type {t} says {list(shape)}")
+    return arr
 
 
 class Parser:
@@ -239,6 +266,9 @@ class Parser:
             except CkirError as e:
                 raise self.error(str(e), tok[2]) from None
         elif tok[1] == "file" and tok[0] == "ident":
+            if t.dtype.is_string:
+                raise self.error(f"weight @{name}: string weights have no byte form; "
+                                 "give them as dense<...>")
             self.i += 1
             self.expect("(")
             path = json.loads(self.take("string", "a file path")[1])

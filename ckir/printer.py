@@ -25,6 +25,8 @@ def ident(name: str) -> str:
 
 
 def fmt_scalar(x, dtype: np.dtype) -> str:
+    if dtype.kind == "O":
+        return json.dumps(x)      # strings: JSON text, non-ASCII as \u escapes
     if dtype.kind == "b":
         return "true" if x else "false"
     if dtype.kind in "iu":
@@ -38,7 +40,7 @@ def fmt_scalar(x, dtype: np.dtype) -> str:
 def fmt_dense(d: Dense) -> str:
     a = d.array
     t = TensorType(a.shape, a.dtype)
-    if a.size > INLINE_ELEMENTS:
+    if a.size > INLINE_ELEMENTS and a.dtype != object:     # strings have no byte form
         body = '"0x' + np.ascontiguousarray(a).astype(a.dtype.newbyteorder("<")).tobytes().hex().upper() + '"'
     elif a.ndim == 0:
         body = fmt_scalar(a[()], a.dtype)
@@ -154,7 +156,8 @@ def fmt_weight(w, inline_limit=INLINE_WEIGHT_BYTES) -> str:
     d = w.data
     if isinstance(d, FileSource):
         src = f"file({json.dumps(d.path)}, offset = {d.offset})"
-    elif d is not None and not w.type.dtype.is_quant and (w.inline or np.asarray(d).nbytes <= inline_limit):
+    elif d is not None and not w.type.dtype.is_quant and (
+            w.inline or w.type.dtype.is_string or np.asarray(d).nbytes <= inline_limit):
         src = fmt_dense(Dense(np.asarray(d))).rsplit(" : ", 1)[0]
     else:
         src = "memory"

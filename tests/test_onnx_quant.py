@@ -825,11 +825,10 @@ def test_label_encoder_numeric_matches_onnx_reference(x, attrs):
     same(ckir_run(m, {"x": x})[0], ref_run(m, {"x": x})[0])
 
 
-def test_label_encoder_refuses_strings_and_duplicate_keys():
-    x = np.array([1, 2], np.int64)
+def test_label_encoder_maps_to_strings_and_refuses_duplicate_keys():
+    x = np.array([1, 2, 3], np.int64)       # string label maps: tests/test_onnx_strings.py
     m = node_model("LabelEncoder", {"x": x}, dict(keys_int64s=[1, 2], values_strings=["a", "b"]), opset=2, domain=ML)
-    with pytest.raises(ckir.CkirError, match="no string dtype"):
-        backend.prepare(m)
+    np.testing.assert_array_equal(ckir_run(m, {"x": x})[0], np.array(["a", "b", "_Unused"], object))
     with pytest.raises(ckir.CkirError, match="keys must be unique"):
         build("nn.label_encoder", [([2], "i64")], keys=np.array([1, 1]), values=np.array([1, 2]),
               default=np.array(0))
@@ -895,11 +894,7 @@ def test_tree_ensemble_post_transform_and_errors():
 
 
 # --- what stays unsupported, and says so ---------------------------------------------------------------------
-def test_string_inputs_are_refused_with_the_reason():
-    m = onnx_model([helper.make_node("StringNormalizer", ["x"], ["y"])], {"x": (TensorProto.STRING, [3])},
-                   ["y"], opsets=(("", 21),))
-    with pytest.raises(ckir.CkirError, match="STRING is not supported"):
-        backend.prepare(m)
+def test_string_pools_are_refused_with_the_reason():
     x = np.array([1, 2], np.int64)
     m = node_model("TfIdfVectorizer", {"x": x}, dict(mode="TF", min_gram_length=1, max_gram_length=1, max_skip_count=0,
                                                       ngram_counts=[0], ngram_indexes=[0], pool_strings=["a"]), opset=9)

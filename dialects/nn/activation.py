@@ -1,7 +1,7 @@
 """Activations and the rest of the elementwise math ONNX has (inverse trig and hyperbolic
 functions, parametrized activations, NaN/Inf tests, fmod, bitwise ops and shifts), plus the
 small math ops that go with them: cumulative sums and products, einsum, determinant and
-inverse, hardmax, bitcast and the float8e8m0 cast.
+inverse, hardmax, bitcast and the float8e8m0 cast; and dropout with a run-time training flag.
 
 Unary math is declared from a table with elementwise.py's `unary`; activations with parameters
 carry them as attributes. f16/bf16 (and narrower floats) are computed in f32 and rounded once.
@@ -15,8 +15,8 @@ import numpy as np
 
 from ckir import dtypes as dt
 from ckir.errors import ShapeError
-from ckir.opdef import (FLOAT, INT, NUMERIC, Arg, Attr, Cost, Ex, OpDef, Operand, declare,
-                        not_differentiable, register)
+from ckir.opdef import (BOOL, FLOAT, INT, NUMERIC, Arg, Attr, Cost, Ex, OpDef, Operand, Result,
+                        declare, not_differentiable, register)
 from ckir.types import TensorType, broadcast_shapes, concrete
 
 from ._util import norm_axis, numel, same_dtype, unbroadcast, wide
@@ -719,3 +719,60 @@ class cast_e8m0:
         return x.with_dtype(dt.f8e8m0)
 
     ref = staticmethod(_e8m0_ref)
+
+
+# --- dropout -------------------------------------------------------------------------------------
+@declare
+class dropout:
+    """Dropout whose training flag is known only at run time (ONNX Dropout-12+). When
+    `training` is true and ratio > 0, each element is kept with probability 1 - ratio: with u
+    drawn from numpy's RandomState(seed).uniform(0, 1, x.shape) (the draws onnx.reference
+    makes), mask = u >= ratio and y = x * mask * (1 / (1 - ratio)) (f16/bf16 computed in f32).
+    Otherwise y = x exactly and mask is all true (nothing is drawn). `ratio` (x's dtype) and
+    `training` are scalars; in training ratio must be in [0, 1). Without `seed` every run draws
+    fresh values. Not pure: passes never fold, merge or drop it. Gradients, the mask held fixed:
+    dx = g * mask / (1 - ratio) in training, else g; dratio = sum(g * y) / (1 - ratio) in
+    training, else 0."""
+    name = "nn.dropout"
+    operands = (Operand("x", FLOAT), Operand("ratio", FLOAT), Operand("training", BOOL))
+    results = (Result("y"), Result("mask"))
+    attrs = (Attr("seed", "int", None, doc="seed of RandomState; absent: fresh values every run"),)
+    traits = set()       # random: not pure
+    examples = (Ex("f32[3,4]", np.array(0.3, np.float32), np.array(True), seed=3),
+                Ex("f64[2,5]", np.array(0.5), np.array(False)),
+                Ex("f32[6]", np.array(0.9, np.float32), np.array(True), seed=0),
+                Ex("f16[2,3]", np.array(0.25, np.float16), np.array(True), seed=1),
+                Ex("f64[2,0]", np.array(0.5), np.array(True), seed=2))
+
+    def infer(x, ratio, training, *, seed):
+        if ratio.rank or training.rank:
+            raise ShapeError(f"ratio and training must be scalars, got {ratio} and {training}")
+        same_dtype(x, ratio)
+        return x, x.with_dtype(dt.bool_)
+
+    def ref(x, ratio, training, *, seed):
+        r = float(ratio)
+        if not training or r == 0:
+            return x, np.ones(x.shape, np.bool_)
+        if not 0 <= r < 1:
+            raise ShapeError(f"dropout ratio must be in [0, 1), got {r}")
+        rng = np.random.RandomState(seed) if seed is not None else np.random.RandomState()
+        mask = rng.uniform(0, 1.0, x.shape) >= r
+        w = wide(x)
+        scale = w.dtype.type(1) / (w.dtype.type(1) - w.dtype.type(r))
+        return (w * mask * scale).astype(x.dtype), mask
+
+    def vjp(b, op, gy, gmask):
+        x, ratio, training = op.operands
+        if gy is None:
+            return [None, None, None]
+        y, mask = op.results
+        keep = b.nn.sub(1.0, ratio)
+        gx = b.nn.where(training, b.nn.div(b.nn.mul(gy, b.nn.cast(mask, to=x.type.dtype)), keep), gy)
+        gr = b.nn.where(training, b.nn.div(b.nn.sum(b.nn.mul(gy, y)), keep), 0.0)
+        return [gx, gr, None]
+
+    def cost(op, bind):
+        x = op.operands[0].type
+        return Cost(3 * numel(x, bind), x.nbytes(bind),
+                    sum(r.type.nbytes(bind) for r in op.results))

@@ -10,8 +10,8 @@ from scipy import special
 
 from ckir import dtypes as dt
 from ckir.errors import ShapeError
-from ckir.opdef import (ANY, BOOL, FLOAT, INT, NUMERIC, Arg, Attr, Ex, OpDef, Operand, declare,
-                        not_differentiable, register)
+from ckir.opdef import (ANY, BOOL, FLOAT, INT, NUMERIC, STRING, Arg, Attr, Ex, OpDef, Operand,
+                        declare, not_differentiable, register)
 from ckir.types import TensorType, broadcast_shapes
 
 from ._util import is_low_float, same_dtype, unbroadcast
@@ -172,9 +172,10 @@ def _binary_infer(a: TensorType, b: TensorType) -> TensorType:
 
 
 def binary(name, fn, grads, doc, *, dtypes=NUMERIC, flops=1, commutative=False, low=None,
-           high=None, raw=False, out_dtype=None):
+           high=None, raw=False, out_dtype=None, examples=()):
     """Declare nn.<name>: y = fn(a, b) with numpy broadcasting. `grads(b, a, c, y, g)` returns
-    (dL/da, dL/dc) before unbroadcasting (None for zero); or a NotDifferentiable."""
+    (dL/da, dL/dc) before unbroadcasting (None for zero); or a NotDifferentiable. `examples`
+    are added to the generated ones."""
     if isinstance(grads, type(not_differentiable(""))):
         vjp = grads
     else:
@@ -200,6 +201,7 @@ def binary(name, fn, grads, doc, *, dtypes=NUMERIC, flops=1, commutative=False, 
           Ex(Arg(f"{s}[3]", low, high), Arg(f"{s}[]", low, high)))
     if dtypes != BOOL and INT[0] in dtypes:
         ex += (Ex("i32[2,3]", Arg("i32[3]", 1, 4)),)
+    ex += tuple(examples)
     return register(OpDef(f"nn.{name}", doc=doc, operands=(Operand("a", dtypes), Operand("b", dtypes)),
                           traits=traits, infer=infer, ref=fn if raw else f32_compute(fn), vjp=vjp,
                           flops=flops, examples=ex))
@@ -254,10 +256,21 @@ for _n, _f in (("and", np.logical_and), ("or", np.logical_or), ("xor", np.logica
     binary(_n, _f, not_differentiable("boolean"), f"Logical {_n}.", dtypes=BOOL, commutative=True,
            raw=True)
 
+
+def _strs(*xs):
+    a = np.empty(len(xs), dtype=object)
+    a[:] = list(xs)
+    return a
+
+
 for _n, _f, _s in (("eq", np.equal, "=="), ("ne", np.not_equal, "!="), ("lt", np.less, "<"),
                    ("le", np.less_equal, "<="), ("gt", np.greater, ">"), ("ge", np.greater_equal, ">=")):
-    binary(_n, _f, not_differentiable("boolean result"), f"a {_s} b, a bool tensor.", dtypes=ANY,
-           commutative=_n in ("eq", "ne"), raw=True, out_dtype=dt.bool_)
+    _eq = _n in ("eq", "ne")      # strings compare for equality only, as in ONNX
+    binary(_n, _f, not_differentiable("boolean result"),
+           f"a {_s} b, a bool tensor{' (strings: same text)' if _eq else ''}.",
+           dtypes=ANY + STRING if _eq else ANY, commutative=_eq, raw=True, out_dtype=dt.bool_,
+           examples=(Ex(_strs("a", "b", "", "中"), _strs("a", "c", "", "中")),
+                     Ex(_strs("x", "y"), _strs("y")[None])) if _eq else ())
 
 
 @declare
@@ -313,6 +326,8 @@ class cast:
     def infer(x, *, to):
         if to.is_quant:
             raise ShapeError(f"cannot cast to block-quantized {to}; use the quant dialect")
+        if to.is_string:
+            raise ShapeError("cannot cast to string (number formatting is not supported)")
         return x.with_dtype(to)
 
     def ref(x, *, to):

@@ -1,5 +1,6 @@
 """Signal processing (DFT, STFT, windows, mel filter banks), random sampling, and the numeric
-classical-ML ops of ONNX (TfIdfVectorizer on integer tokens, LabelEncoder, TreeEnsemble).
+classical-ML ops of ONNX (TfIdfVectorizer on integer tokens, LabelEncoder on numbers and strings,
+TreeEnsemble).
 
 Complex tensors are real tensors whose last dim holds (real, imaginary): size 2, or size 1 for
 a real signal. Transforms run numpy.fft in the operand's precision: f64 in float64, the
@@ -18,7 +19,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from ckir import dtypes as dt
 from ckir.errors import CkirError, ShapeError
-from ckir.opdef import (ANY, FLOAT, INT, NUMERIC, Arg, Attr, Cost, Ex, Operand, declare,
+from ckir.opdef import (ANY, FLOAT, INT, NUMERIC, STRING, Arg, Attr, Cost, Ex, Operand, declare,
                         not_differentiable)
 from ckir.types import ANY as ANYDIM
 from ckir.types import TensorType, concrete
@@ -716,11 +717,12 @@ class tfidf_vectorizer:
 # --- ai.onnx.ml: LabelEncoder, TreeEnsemble --------------------------------------------------------
 @declare
 class label_encoder:
-    """ONNX-ML LabelEncoder on numbers: each element of x equal to keys[i] becomes values[i],
-    any other becomes `default`. keys and values are 1-D dense attributes of the same length
-    (keys unique; a NaN key matches NaN); the result has values' dtype and x's shape."""
+    """ONNX-ML LabelEncoder on numbers or strings: each element of x equal to keys[i] becomes
+    values[i], any other becomes `default`. keys and values are 1-D dense attributes of the same
+    length (keys unique, of x's dtype; a NaN key matches NaN); the result has values' dtype
+    (a number type or string) and x's shape."""
     name = "nn.label_encoder"
-    operands = (Operand("x", NUMERIC),)
+    operands = (Operand("x", NUMERIC + STRING),)
     attrs = (Attr("keys", "dense"), Attr("values", "dense"), Attr("default", "dense"))
     traits = {"pure", "elementwise"}
     vjp = not_differentiable("a table lookup: piecewise constant")
@@ -731,7 +733,11 @@ class label_encoder:
                    keys=np.array([2.0, np.nan, 0.5], np.float32),
                    values=np.array([1, 2, 3], np.int16), default=np.array(0, np.int16)),
                 Ex(np.array([4, 9], np.int32), keys=np.array([9], np.int32),
-                   values=np.array([2.5], np.float32), default=np.array(-0.5, np.float32)))
+                   values=np.array([2.5], np.float32), default=np.array(-0.5, np.float32)),
+                Ex(np.array([["a", "d"], ["", "c"]], object), keys=np.array(["c", "a", ""], object),
+                   values=np.array([1, 2, 3], np.int16), default=np.array(-1, np.int16)),
+                Ex(np.array([3, 1, 7], np.int64), keys=np.array([1, 3], np.int64),
+                   values=np.array(["one", "three"], object), default=np.array("_Unused", object)))
 
     def infer(x, *, keys, values, default):
         k, v, d = keys.array, values.array, default.array

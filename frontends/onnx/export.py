@@ -73,8 +73,14 @@ def _simple(onnx_op: str, opset: int = 0):
     return lambda e, op: e.node(onnx_op, [e.name(v) for v in op.operands], opset=opset)
 
 
-def _not_of(onnx_op: str):
-    return lambda e, op: e.node("Not", e.node(onnx_op, [e.name(v) for v in op.operands]))
+def _equal(e, op):
+    # Equal takes strings from opset 19 on
+    return e.node("Equal", [e.name(v) for v in op.operands],
+                  opset=19 if op.operands[0].type.dtype.is_string else 0)
+
+
+def _not_equal(e, op):
+    return e.node("Not", _equal(e, op))
 
 
 def _rsqrt(e, op):
@@ -279,7 +285,7 @@ EXPORT = {
     "nn.add": _simple("Add"), "nn.sub": _simple("Sub"), "nn.mul": _simple("Mul"), "nn.div": _simple("Div"),
     "nn.pow": _simple("Pow"), "nn.maximum": _simple("Max"), "nn.minimum": _simple("Min"), "nn.mod": _mod,
     "nn.and": _simple("And"), "nn.or": _simple("Or"), "nn.xor": _simple("Xor"),
-    "nn.eq": _simple("Equal"), "nn.ne": _not_of("Equal"), "nn.lt": _simple("Less"),
+    "nn.eq": _equal, "nn.ne": _not_equal, "nn.lt": _simple("Less"),
     "nn.le": _simple("LessOrEqual"), "nn.gt": _simple("Greater"), "nn.ge": _simple("GreaterOrEqual"),
     "nn.where": _simple("Where"), "nn.cast": _cast, "nn.clip": _clip, "nn.matmul": _matmul,
     "nn.sum": _reduce("ReduceSum"), "nn.mean": _reduce("ReduceMean"), "nn.max": _reduce("ReduceMax"),

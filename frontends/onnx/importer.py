@@ -35,7 +35,7 @@ ONNX_DTYPES = {
     TensorProto.FLOAT8E4M3FNUZ: dt.f8e4m3fnuz, TensorProto.FLOAT8E5M2: dt.f8e5m2,
     TensorProto.FLOAT8E5M2FNUZ: dt.f8e5m2fnuz, TensorProto.FLOAT8E8M0: dt.f8e8m0,
     TensorProto.FLOAT4E2M1: dt.f4e2m1, TensorProto.INT4: dt.i4, TensorProto.UINT4: dt.u4,
-    TensorProto.INT2: dt.i2, TensorProto.UINT2: dt.u2,
+    TensorProto.INT2: dt.i2, TensorProto.UINT2: dt.u2, TensorProto.STRING: dt.string,
 }
 TO_ONNX_DTYPE = {v: k for k, v in ONNX_DTYPES.items()}
 CONSTANT_ELEMENTS = 64        # initializers up to this size become nn.constant
@@ -132,6 +132,8 @@ def initializer_data(t: TensorProto, base_dir: str | None):
         info = {e.key: e.value for e in t.external_data}
         if base_dir is None:
             raise CkirError(f"{what}: external data needs the model's file path (load it from a file)")
+        if d.is_string:
+            raise CkirError(f"{what}: string tensors in external data are not supported")
         path = safe_external_path(base_dir, info.get("location", ""), t.name)
         offset = int(info.get("offset", "0") or 0)
         need = ty.nbytes()
@@ -143,6 +145,10 @@ def initializer_data(t: TensorProto, base_dir: str | None):
         if d.bits == 8 and d in (dt.i4, dt.u4, dt.f4e2m1, dt.i2, dt.u2):
             raise CkirError(f"{what}: packed {d} external data is not supported")
         return ty, FileSource(path, offset)
+    if d.is_string:       # decoded here, so that bad UTF-8 is reported with its element
+        if len(t.string_data) != ty.numel:
+            raise CkirError(f"{what}: has {len(t.string_data)} strings, dims say {list(ty.shape)}")
+        return ty, _decode_strings(np.asarray(list(t.string_data), dtype=object).reshape(ty.shape), what)
     try:
         arr = numpy_helper.to_array(t)
     except Exception as e:
@@ -152,6 +158,23 @@ def initializer_data(t: TensorProto, base_dir: str | None):
     if arr.shape != ty.shape:
         raise CkirError(f"{what}: data has shape {list(arr.shape)}, dims say {list(ty.shape)}")
     return ty, arr
+
+
+def _decode_strings(arr: np.ndarray, what: str) -> np.ndarray:
+    """ONNX strings (bytes, UTF-8) as an object array of str."""
+    out = np.empty(arr.shape, dtype=object)
+    for i, x in enumerate(arr.flat):
+        out.flat[i] = _utf8(x, f"{what}: element {i}")
+    return out
+
+
+def _utf8(x, what: str) -> str:
+    if isinstance(x, str):
+        return x
+    try:
+        return x.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise CkirError(f"{what} is not valid UTF-8 ({e.reason} at byte {e.start})") from None
 
 
 class Scope:
@@ -226,7 +249,9 @@ class Importer:
             arrays = [self.known_value(v) for v in op.operands]
             if any(a is None for a in arrays):
                 continue
-            symbolic = any(a.dtype == object for a in arrays)
+            # object arrays of string values hold text; of other values, shape vectors with Syms
+            symbolic = any(a.dtype == object and not v.type.dtype.is_string
+                           for a, v in zip(arrays, op.operands))
             if symbolic and od.name not in MOVES_ELEMENTS:
                 continue
             try:
@@ -241,7 +266,9 @@ class Importer:
                 continue
             for r, a in zip(op.results, outs):
                 a = np.asarray(a)
-                self.known[r] = _dims_array(a.reshape(-1)).reshape(a.shape) if a.dtype == object else a
+                if a.dtype == object and not r.type.dtype.is_string:
+                    a = _dims_array(a.reshape(-1)).reshape(a.shape)
+                self.known[r] = a
 
     # --- graphs ---------------------------------------------------------------------------------
     def run(self) -> Module:
@@ -275,7 +302,8 @@ class Importer:
         b = Builder.at_end(scope.block)
         for t in g.initializer:
             ty, data = initializer_data(t, self.base_dir)
-            if isinstance(data, np.ndarray) and data.size <= CONSTANT_ELEMENTS:
+            # strings have no byte form to reference: they are always constants
+            if isinstance(data, np.ndarray) and (data.size <= CONSTANT_ELEMENTS or ty.dtype.is_string):
                 v = b.constant(data)
                 self.known[v] = data
             else:
@@ -425,9 +453,9 @@ class Ctx:
             return default
         v = onnx.helper.get_attribute_value(a)
         if isinstance(v, bytes):
-            return v.decode("utf-8", errors="replace")
+            return _utf8(v, f"{self.where}: attribute '{name}'")
         if isinstance(v, list) and v and isinstance(v[0], bytes):
-            return [s.decode("utf-8", errors="replace") for s in v]
+            return [_utf8(s, f"{self.where}: attribute '{name}'[{i}]") for i, s in enumerate(v)]
         if isinstance(v, TensorProto):
             data = initializer_data(v, self.imp.base_dir)[1]
             if not isinstance(data, np.ndarray):

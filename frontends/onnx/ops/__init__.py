@@ -1,2 +1,2 @@
 """ONNX converters, one module per op family; importing this package registers them all."""
-from . import activation, basic, control, layers, math, quant, signal, tensor  # noqa: F401
+from . import activation, basic, control, layers, math, quant, signal, strings, tensor  # noqa: F401

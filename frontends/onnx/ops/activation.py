@@ -248,8 +248,8 @@ def cast_to(ctx, x, to, saturate: bool, round_mode: str):
 
 @converter("Cast", since=19)
 def cast(ctx):
-    if ctx.attr("to") == TensorProto.STRING:
-        raise ctx.fail("casts to strings are not supported (ckir has no string tensors)")
+    if ctx.attr("to") == TensorProto.STRING or ctx.x(0).type.dtype.is_string:
+        raise ctx.fail("casts to and from strings (number formatting and parsing) are not supported")
     to = onnx_dtype(ctx.attr("to"), ctx.where)
     return cast_to(ctx, ctx.x(0), to, bool(ctx.attr("saturate", 1)), ctx.attr("round_mode", "up"))
 
@@ -369,22 +369,27 @@ def hardmax(ctx):
 # --- Dropout ---------------------------------------------------------------------------------------
 @converter("Dropout", since=1)
 def dropout(ctx):
-    """Inference: the identity, and a mask of all ones. Training mode (opset >= 12, a true
-    training_mode input) with a ratio > 0 draws random numbers, which ckir does not do."""
+    """Inference (no training_mode, or a false one known at import): the identity, and a mask
+    of all ones. Otherwise (opset >= 12) nn.dropout, which draws its mask at run time when
+    training_mode is true."""
     x, b = ctx.x(0), ctx.b
-    if ctx.opset >= 12 and ctx.opt(2) is not None:
-        training = ctx.const(2)
-        if training is None:
-            raise ctx.fail("training_mode is only known at run time; ckir runs Dropout in "
-                           "inference mode only (give it as a constant)")
-        if bool(np.asarray(training).reshape(-1)[0]):
-            ratio = ctx.const(1) if ctx.opt(1) is not None else np.float32(0.5)
-            if ratio is None or float(np.asarray(ratio).reshape(-1)[0]) != 0.0:
-                raise ctx.fail("training-mode Dropout with ratio > 0 is random; ckir runs Dropout "
-                               "in inference mode only")
+    training = ctx.opt(2) if ctx.opset >= 12 else None
+    known = ctx.const(2) if training is not None else None
+    if training is not None and (known is None or bool(np.asarray(known).reshape(-1)[0])):
+        ratio = ctx.opt(1)
+        ratio = (b.constant(np.asarray(0.5, x.type.dtype.np)) if ratio is None
+                 else _scalar(b, ratio, x.type.dtype))
+        return list(b.nn.dropout(x, ratio, _scalar(b, training, dt.bool_), seed=ctx.attr("seed", None)))
     outs = [x]
     if ctx.out_used(1):
         mask_dtype = dt.bool_ if ctx.opset >= 10 else x.type.dtype
         one = b.constant(np.ones((), mask_dtype.np))
         outs.append(b.nn.broadcast_like(one, x))
     return outs
+
+
+def _scalar(b, v, dtype):
+    """v (one element) as a rank-0 value of `dtype`."""
+    if v.type.rank:
+        v = b.nn.reshape(v, shape=[])
+    return v if v.type.dtype is dtype else b.nn.cast(v, to=dtype)

@@ -2,8 +2,8 @@
 and the numeric ai.onnx.ml ops (Binarizer, ArrayFeatureExtractor, LabelEncoder, TreeEnsemble).
 
 Scalar parameters known at import time become attributes (or, for windows and mel matrices,
-the whole result a constant); parameters computed at run time go to the *_dynamic ops. ckir
-tensors have no string dtype: string ops, string pools and string label maps are refused."""
+the whole result a constant); parameters computed at run time go to the *_dynamic ops.
+LabelEncoder maps numbers and strings; TfIdfVectorizer takes integer pools only."""
 from __future__ import annotations
 
 import numpy as np
@@ -154,13 +154,10 @@ def multinomial(ctx):
 
 
 # --- text and classical ML -------------------------------------------------------------------------
-_NO_STRINGS = "ckir tensors have no string dtype"
-
-
 @converter("TfIdfVectorizer", since=9)
 def tfidf_vectorizer(ctx):
     if ctx.has("pool_strings"):
-        raise ctx.fail(f"pool_strings is not supported: {_NO_STRINGS} (integer pools only)")
+        raise ctx.fail("pool_strings is not supported (integer pools only)")
     weights = ctx.attr("weights", None)
     return ctx.b.nn.tfidf_vectorizer(
         ctx.x(0), mode=ctx.attr("mode"), min_gram_length=ctx.attr("min_gram_length"),
@@ -196,25 +193,27 @@ def _pick(ctx, names):
     return given[0]
 
 
+_UNUSED = "_Unused"      # ONNX's default for string values
+
+
 @converter("LabelEncoder", since=2, domain=ML)
 def label_encoder(ctx):
     x = ctx.x(0)
     kname = _pick(ctx, ["keys_floats", "keys_int64s", "keys_strings", "keys_tensor"])
     vname = _pick(ctx, ["values_floats", "values_int64s", "values_strings", "values_tensor"])
-    if "strings" in kname + vname:
-        raise ctx.fail(f"{kname} -> {vname}: string keys and values are not supported: {_NO_STRINGS}")
-    arrays = {"keys_floats": np.float32, "keys_int64s": np.int64, "values_floats": np.float32,
-              "values_int64s": np.int64}
+    arrays = {"keys_floats": np.float32, "keys_int64s": np.int64, "keys_strings": object,
+              "values_floats": np.float32, "values_int64s": np.int64, "values_strings": object}
     keys = np.asarray(ctx.attr(kname), arrays.get(kname))
     values = np.asarray(ctx.attr(vname), arrays.get(vname))
-    if keys.dtype.kind in "OUS" or values.dtype.kind in "OUS":
-        raise ctx.fail(f"string tensors in {kname} / {vname} are not supported: {_NO_STRINGS}")
     if vname == "values_tensor":
         default = ctx.attr("default_tensor", None)
-        default = np.asarray(-1 if values.dtype.kind in "iu" else -0.0, values.dtype) \
-            if default is None else np.asarray(default).reshape(())
+        if default is None:
+            default = _UNUSED if values.dtype == object else -1 if values.dtype.kind in "iu" else -0.0
+        default = np.asarray(default, values.dtype).reshape(())
     elif vname == "values_int64s":
         default = np.asarray(ctx.attr("default_int64", -1), np.int64)
+    elif vname == "values_strings":
+        default = np.asarray(ctx.attr("default_string", _UNUSED), object)
     else:
         default = np.asarray(ctx.attr("default_float", -0.0), np.float32)
     if keys.dtype != x.type.dtype.np:
@@ -225,7 +224,18 @@ def label_encoder(ctx):
 
 @converter("LabelEncoder", since=1, domain=ML)
 def label_encoder1(ctx):
-    raise ctx.fail(f"LabelEncoder-1 maps strings to integers: {_NO_STRINGS}")
+    """Strings to their index in classes_strings (default_int64), or int64 indices to those
+    strings (default_string), by the input's dtype."""
+    x = ctx.x(0)
+    classes = np.asarray(ctx.attr("classes_strings", []), object)
+    index = np.arange(classes.size, dtype=np.int64)
+    if x.type.dtype.is_string:
+        return ctx.b.nn.label_encoder(x, keys=classes, values=index,
+                                      default=np.asarray(ctx.attr("default_int64", -1), np.int64))
+    if x.type.dtype is not dt.i64:
+        raise ctx.fail(f"LabelEncoder-1 maps string or int64 input, got {x.type.dtype}")
+    return ctx.b.nn.label_encoder(x, keys=index, values=classes,
+                                  default=np.asarray(ctx.attr("default_string", _UNUSED), object))
 
 
 _AGGREGATE = {0: "average", 1: "sum", 2: "min", 3: "max"}
