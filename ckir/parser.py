@@ -122,11 +122,13 @@ def parse_dense(body: str, t: TensorType) -> np.ndarray:
     if npd.kind == "b":
         if arr.dtype != np.bool_:
             raise CkirError(f"dense value <{body}> is not boolean")
-    elif arr.dtype == object or arr.dtype.kind not in "biuf":
+    elif arr.dtype != npd and (arr.dtype == object or arr.dtype.kind not in "biuf"):
         raise CkirError(f"dense value <{body}> is not numeric")
     if arr.shape != shape:
         if arr.ndim == 0:
             return np.full(shape, arr, dtype=npd)    # splat
+        if arr.size == 0 and 0 in shape:
+            return np.zeros(shape, dtype=npd)        # `[]` stands for any empty shape
         raise CkirError(f"dense value has shape {list(arr.shape)}, type {t} says {list(shape)}")
     return arr.astype(npd)
 
@@ -150,6 +152,8 @@ def _string_dense(body: str, shape: tuple, t: TensorType) -> np.ndarray:
     if arr.shape != shape:
         if arr.ndim == 0:
             return np.full(shape, arr[()], dtype=object)    # splat
+        if arr.size == 0 and 0 in shape:
+            return np.empty(shape, dtype=object)
         raise CkirError(f"dense value has shape {list(arr.shape)}, type {t} says {list(shape)}")
     return arr
 

@@ -166,3 +166,19 @@ def test_fuzz_mutated_valid_ir(data):
         m.print()
     except CkirError:
         pass
+
+
+def test_narrow_float_and_empty_literals_roundtrip():
+    import ml_dtypes
+    g, b = ckir.new_graph("main", {})
+    vals = [np.array([2.0, -0.5], ml_dtypes.bfloat16), np.float16(1.5), np.zeros((0, 5), np.int64),
+            np.zeros((2, 0), np.float32), np.array([0.25], ml_dtypes.float8_e4m3fn)]
+    g.set_outputs([b.constant(v) for v in vals], [f"c{i}" for i in range(len(vals))])
+    m = ckir.Module()
+    m.add_graph(g)
+    text = m.print()
+    assert ckir.parse(text).print() == text
+    out = ckir.compile(ckir.parse(text))()
+    for i, v in enumerate(vals):
+        assert out[f"c{i}"].dtype == np.asarray(v).dtype and out[f"c{i}"].shape == np.shape(v)
+        np.testing.assert_array_equal(out[f"c{i}"].astype(np.float64), np.asarray(v).astype(np.float64))

@@ -76,8 +76,7 @@ class _InlineScope(Scope):
 def _inline(ctx, attr):
     g = ctx.attr(attr)
     scope = _InlineScope(ctx.scope.block, ctx.scope)
-    if len(g.initializer):
-        ctx.imp.convert_initializers_into(g, scope)
+    ctx.imp.initializers_to_scope(g, scope)
     ctx.imp.convert_nodes(g.node, scope)
     outs = []
     for vi in g.output:

@@ -902,8 +902,7 @@ def _inline(ctx, attr, value):
         raise ctx.fail(f"{attr} must have one input and one output")
     inner = _Inline(ctx.scope.block, ctx.scope)
     inner.names[g.input[0].name] = value
-    if len(g.initializer):
-        ctx.imp.convert_initializers_into(g, inner)
+    ctx.imp.initializers_to_scope(g, inner)
     ctx.imp.convert_nodes(g.node, inner)
     out = inner.lookup(g.output[0].name)
     if out is None or out.type.rank != 4 or out.type.dtype is not value.type.dtype:
