@@ -49,7 +49,7 @@ def main():
     so.inter_op_num_threads = 1
     tmp = tempfile.mkdtemp(prefix="ckir-bench-")
     enc = encoder_onnx(os.path.join(tmp, "minilm.onnx"), **MINILM)
-    cnn = cnn_onnx(os.path.join(tmp, "cnn.onnx"), widths=(64, 128, 256, 512), classes=1000)
+    cnn = cnn_onnx(os.path.join(tmp, "cnn.onnx"), size=224, widths=(64, 128, 256, 512), classes=1000)
     cases = [("encoder b1 s128", enc, encoder_inputs(1, 128, MINILM["vocab"])),
              ("encoder b8 s128", enc, encoder_inputs(8, 128, MINILM["vocab"])),
              ("cnn b1 224x224", cnn, {"image": np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)})]

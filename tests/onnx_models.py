@@ -134,11 +134,11 @@ def encoder_inputs(batch, seq, vocab=100, seed=0):
     return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
 
 
-def cnn_onnx(path, seed=0, opset=17, **cfg):
+def cnn_onnx(path, seed=0, opset=17, size=64, **cfg):
     torch.manual_seed(seed)
     m = CNN(**cfg)
     _randomize_bn(m, seed)
-    return export(m, (torch.randn(1, 3, 64, 64),), path, ["image"], ["logits"],
+    return export(m, (torch.randn(1, 3, size, size),), path, ["image"], ["logits"],
                   {"image": {0: "batch"}, "logits": {0: "batch"}}, opset)
 
 
