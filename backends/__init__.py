@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from ckir.errors import CkirError
 
-_BACKENDS = {"interp": "ckir.backends.interp:InterpBackend"}
+_BACKENDS = {"interp": "ckir.backends.interp:InterpBackend", "llvm": "ckir.backends.llvm:LLVMBackend"}
 
 
 def get_backend(name: str):
