@@ -93,6 +93,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     _common(p)
 
+    p = sub.add_parser("compile", help="emit native code (asm, LLVM IR or an object file) for a target",
+                       description="Generate the LLVM backend's code for a model's graph on a target "
+                       "(any target, runnable here or not): assembly, optimized LLVM IR, or an "
+                       "object file. Ops without a native kernel are listed; they would run in the "
+                       "interpreter.")
+    p.add_argument("input", help="model file (.ckir or .onnx)")
+    p.add_argument("--target", "-t", help="scalar, avx2, avx512, amx or neon (default: $CKIR_TARGET or the host's best)")
+    p.add_argument("--emit", choices=["asm", "llvm", "obj"], default="asm", help="what to write (default asm)")
+    p.add_argument("-o", "--output", help="file to write (default: stdout for asm/llvm)")
+    _passes_arg(p)
+    p.add_argument("--graph", help="graph to compile (default: the only one, or @main)")
+    _common(p)
+
+    p = sub.add_parser("targets", help="show the CPU targets this machine runs and the kernels ops use",
+                       description="Print the host CPU and its features as LLVM and /proc/cpuinfo "
+                       "see them, every target with whether it can run here, and the kernel family "
+                       "each op with a native kernel uses.")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    _common(p)
+
     p = sub.add_parser("export-onnx", help="write a model as ONNX (for ops that map back)",
                        description="Run optional passes, then write the module's graph as an ONNX "
                        "model that onnxruntime or Netron can open. Ops without an ONNX mapping are "
@@ -217,6 +237,50 @@ def cmd_dump(a) -> int:
     return 0
 
 
+def cmd_compile(a) -> int:
+    from .backends.llvm.plan import emit
+    m = _load(a.input, a.passes)
+    out = emit(m, a.graph, a.target, a.emit)
+    if a.output:
+        from .api import _atomic_write
+        data = out if isinstance(out, bytes) else out.encode()
+        _atomic_write(a.output, lambda f: f.write(data))
+        print(f"wrote {a.output} ({len(data)} bytes)")
+    elif isinstance(out, bytes):
+        raise CkirError("an object file is binary: give -o FILE")
+    else:
+        sys.stdout.write(out)
+    return 0
+
+
+def cmd_targets(a) -> int:
+    from .backends.llvm import target as tg
+    from .backends.llvm.codegen import _EMITTERS
+    info = {"cpu": tg.host_cpu(), "features": sorted(tg.host_features()), "best": tg.best_host_target(),
+            "targets": {}}
+    for name in tg.NAMES:
+        t = tg.make_target(name)
+        info["targets"][name] = {"runnable": tg.runnable(name), "triple": t.triple, "cpu": t.cpu,
+                                 "vector_bits": t.vector_bits, "extras": sorted(t.extras)}
+    families: dict = {}
+    for op, fn in sorted(_EMITTERS.items()):
+        families.setdefault(fn.__module__.rsplit(".", 1)[-1], []).append(op)
+    info["kernels"] = families
+    if a.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    print(f"host cpu: {info['cpu']}   best target: {info['best']}")
+    print(f"features: {' '.join(info['features'])}")
+    for name, t in info["targets"].items():
+        mark = "runs here" if t["runnable"] else "compile only"
+        extras = f" ({', '.join(t['extras'])})" if t["extras"] else ""
+        print(f"  {name:<7} {mark:<12} {t['triple']:<28} {t['vector_bits']:>4}-bit vectors{extras}")
+    print("kernel families (ops without one run in the interpreter):")
+    for fam, ops in families.items():
+        print(f"  {fam}: {', '.join(ops)}")
+    return 0
+
+
 def cmd_export_onnx(a) -> int:
     m = _load(a.input, a.passes)
     model = m.to_onnx(a.graph)
@@ -251,8 +315,8 @@ def cmd_passes(a) -> int:
     return 0
 
 
-COMMANDS = {"opt": cmd_opt, "run": cmd_run, "dump": cmd_dump, "export-onnx": cmd_export_onnx,
-            "passes": cmd_passes}
+COMMANDS = {"opt": cmd_opt, "run": cmd_run, "dump": cmd_dump, "compile": cmd_compile,
+            "targets": cmd_targets, "export-onnx": cmd_export_onnx, "passes": cmd_passes}
 
 
 def main(argv=None) -> int:

@@ -83,8 +83,17 @@ class Kernel:
     def __init__(self, mod: ir.Module, fn: ir.Function, layout: Layout, op, bufs, dims, cg):
         self.mod, self.fn, self.layout, self.op, self.cg = mod, fn, layout, op, cg
         self.bufs, self.dims = bufs, dims
-        self.b = ir.IRBuilder(fn.append_basic_block("entry"))
+        # buffer pointers and dims are loaded once, in a block before the code, so loops see
+        # loop-invariant values (and the vectorizer can work)
+        head = fn.append_basic_block("head")
+        body = fn.append_basic_block("body")
+        self.head = ir.IRBuilder(head)
+        self.head.position_at_end(head)
+        jump = self.head.branch(body)
+        self.head.position_before(jump)
+        self.b = ir.IRBuilder(body)
         self._ptrs: dict = {}
+        self._dims: dict = {}
 
     # --- values ---------------------------------------------------------------------------------
     def ptr(self, v):
@@ -92,9 +101,8 @@ class Kernel:
         p = self._ptrs.get(v)
         if p is None:
             idx = self.layout.buf_index[v]
-            slot = self.b.gep(self.bufs, [I64(idx)], source_etype=PTR, inbounds=True)
-            p = self.b.load(slot, typ=PTR)
-            self._ptrs[v] = p
+            slot = self.head.gep(self.bufs, [I64(idx)], source_etype=PTR, inbounds=True)
+            p = self._ptrs[v] = self.head.load(slot, typ=PTR)
         return p
 
     def dim(self, v, axis: int):
@@ -102,7 +110,11 @@ class Kernel:
         if type(d) is int:
             return I64(d)
         idx = self.layout.dim_index[(v, axis)]
-        return self.b.load(self.b.gep(self.dims, [I64(idx)], source_etype=I64, inbounds=True), typ=I64)
+        x = self._dims.get(idx)
+        if x is None:
+            x = self._dims[idx] = self.head.load(
+                self.head.gep(self.dims, [I64(idx)], source_etype=I64, inbounds=True), typ=I64)
+        return x
 
     def shape(self, v) -> list:
         return [self.dim(v, i) for i in range(v.type.rank)]
@@ -171,7 +183,7 @@ class Kernel:
         bufs = entry_b.load(entry_b.gep(ctx, [I64(0)], source_etype=PTR), typ=PTR)
         dims = entry_b.load(entry_b.gep(ctx, [I64(1)], source_etype=PTR), typ=PTR)
         kt = Kernel(self.mod, tfn, self.layout, self.op, bufs, dims, self.cg)
-        entry_b.branch(kt.b.block)
+        entry_b.branch(kt.head.block)
         task_body(kt, t)
         kt.b.ret_void()
         b = self.b

@@ -51,11 +51,11 @@ def classify(op) -> str:
 
 
 class Plan:
-    def __init__(self, module: Module, graph: Graph, target: Target, threads: int, use_cache: bool):
-        check_runnable(target)
-        self.module, self.graph, self.target = module, graph, target
-        self.rt = Runtime.get(target)
-        self.rt.set_threads(threads)
+    """The segments of a graph and their code. `load()` compiles and loads it (runnable targets
+    only); `ir_text` is available for any target (for `ckir compile --emit`)."""
+
+    def __init__(self, module: Module, graph: Graph, target: Target, threads: int):
+        self.module, self.graph, self.target, self.threads = module, graph, target, threads
         self.ops = [op for op in graph if op is not graph.terminator]
         self.kinds = {op: classify(op) for op in self.ops}
         self.dim_index: dict = {}
@@ -84,19 +84,23 @@ class Plan:
             run = []
             self.steps.append(Step(kind, [op]))
         self._close(run, cg)
-        self.native_ops = sum(1 for k in self.kinds.values() if k == "native")
         self.ref_ops = [op for op, k in self.kinds.items() if k == "ref"]
-        segs = [s for s in self.steps if s.kind == "native"]
+        self.ir_text = cg.ir_text()
         self.cached = False
+        self._shapes_cache: dict = {}
+        self._has_dynamic = any(k == "ref" for k in self.kinds.values())
+
+    def load(self, use_cache: bool = True) -> None:
+        check_runnable(self.target)
+        rt = Runtime.get(self.target)
+        rt.set_threads(self.threads)
+        segs = [s for s in self.steps if s.kind == "native"]
         if segs:
-            obj, self.cached = jit.object_code(cg.ir_text(), target, use_cache)
-            self.engine = jit.Engine(obj, target)
+            obj, self.cached = jit.object_code(self.ir_text, self.target, use_cache)
+            self.engine = jit.Engine(obj, self.target)
             proto = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p)
             for s in segs:
                 s.fn = proto(self.engine.address(s.name))
-        self.ir_text = cg.ir_text()
-        self._shapes_cache: dict = {}
-        self._has_dynamic = any(k == "ref" for k in self.kinds.values())
 
     def _close(self, run, cg) -> None:
         if not run:
@@ -205,12 +209,22 @@ class LLVMBackend:
     name = "llvm"
 
     def compile(self, module: Module, graph: Graph, target=None, threads=None, cache: bool = True):
+        """Options: target (default $CKIR_TARGET or the best this CPU runs), threads (default:
+        the CPUs this process may use), cache (reuse compiled code from the disk cache)."""
         from .runtime import default_threads
         from .target import make_target
-        t = make_target(target)
-        plan = Plan(module, graph, t, threads or default_threads(), cache)
+        plan = Plan(module, graph, make_target(target), int(threads or default_threads()))
+        plan.load(cache)
 
         def run(inputs, bind):
             return plan.run(inputs, bind)
         run.plan = plan
         return run
+
+
+def emit(module: Module, graph: str | None = None, target=None, kind: str = "asm", threads: int = 1):
+    """The graph's code for `target` as 'asm', 'obj' or 'llvm' (runnable here or not)."""
+    from .target import make_target
+    t = make_target(target)
+    plan = Plan(module, module.graph(graph), t, threads)
+    return jit.emit(plan.ir_text, t, kind)

@@ -39,9 +39,9 @@ _ARM = "aarch64-unknown-linux-gnu"
 _REQUIRES = {
     "avx2": ({"avx2", "fma"}, "+avx,+avx2,+fma,+f16c", 256),
     "avx512": ({"avx512f", "avx512bw", "avx512dq", "avx512vl"},
-               "+avx,+avx2,+fma,+f16c,+avx512f,+avx512bw,+avx512dq,+avx512vl", 512),
+               "+avx,+avx2,+fma,+f16c,+avx512f,+avx512bw,+avx512dq,+avx512vl,-prefer-256-bit", 512),
     "amx": ({"avx512f", "avx512bw", "avx512dq", "avx512vl", "amx-tile"},
-            "+avx,+avx2,+fma,+f16c,+avx512f,+avx512bw,+avx512dq,+avx512vl,+amx-tile,+amx-int8,+amx-bf16", 512),
+            "+avx,+avx2,+fma,+f16c,+avx512f,+avx512bw,+avx512dq,+avx512vl,-prefer-256-bit,+amx-tile,+amx-int8,+amx-bf16", 512),
     "neon": ({"neon"}, "+neon", 128),
 }
 
