@@ -35,6 +35,16 @@ def gc_paused():
             gc.enable()
 
 
+def freeze(v):
+    """Lists as tuples, recursively: annotation values are hashable and print back as they
+    parse."""
+    if isinstance(v, (list, tuple)):
+        return tuple(freeze(x) for x in v)
+    if isinstance(v, (bool, int, float, str)):
+        return v
+    raise CkirError(f"annotation values are ints, floats, bools, strings and lists of them, not {v!r}")
+
+
 class Value:
     """An SSA value: an op result or a block argument."""
     __slots__ = ("type", "owner", "index", "name", "uses", "__weakref__")
@@ -73,9 +83,9 @@ class Value:
 
 class Op:
     """One operation. `opdef` is its declaration (see ckir.opdef); attrs hold every declared
-    attribute (defaults filled in)."""
+    attribute (defaults filled in); `meta` holds discardable annotations (prefix.name keys)."""
     __slots__ = ("opdef", "operands", "results", "attrs", "regions", "parent", "prev", "next",
-                 "loc", "pos", "__weakref__")
+                 "loc", "pos", "meta", "__weakref__")
 
     def __init__(self, opdef, operands: Sequence[Value], result_types: Sequence[TensorType],
                  attrs: dict | None = None, regions: Sequence[Block] = (), loc: str | None = None,
@@ -97,6 +107,9 @@ class Op:
         self.next: Op | None = None
         self.loc = loc            # source name (e.g. the ONNX node name), printed as loc("...")
         self.pos = None           # (file, line, col) when parsed from text; for error messages
+        # discardable attributes: annotations passes leave for later passes and reports (names
+        # with a dialect prefix, e.g. arena.place); not part of the op's declared meaning
+        self.meta: dict | None = None
 
     @property
     def name(self) -> str:
@@ -110,6 +123,14 @@ class Op:
 
     def attr(self, key):
         return self.attrs[key]
+
+    def set_meta(self, key: str, value) -> None:
+        """Set a discardable annotation; `key` must have a prefix (e.g. "arena.place")."""
+        if "." not in key:
+            raise CkirError(f"discardable attribute '{key}' needs a prefix, like 'arena.place'")
+        if self.meta is None:
+            self.meta = {}
+        self.meta[key] = freeze(value)
 
     def has_trait(self, trait) -> bool:
         return trait in self.opdef.traits

@@ -442,12 +442,18 @@ class Parser:
                 raise ParseError(f"{where}{opdef.name}: operand {k} has type {v.type}, annotated as {t}")
         if len(rtypes) != len(results):
             raise ParseError(f"{where}{opdef.name} defines {len(results)} values but has {len(rtypes)} result types")
+        meta = {k: raw.pop(k) for k in [k for k in raw if "." in k]}
         try:
             attrs = opdef.make_attrs(raw, opdef.name)
         except CkirError as e:
             raise ParseError(where + str(e)) from None
         op = Op(opdef, operands, rtypes, attrs, regions, loc, [_value_name(t[1]) for t in results])
         op.pos = self.where(start)
+        for k, v in meta.items():
+            try:
+                op.set_meta(k, v)
+            except CkirError as e:
+                raise ParseError(f"{where}{opdef.name}: {e}") from None
         for tok, v in zip(results, op.results):
             if tok[1] in scope:
                 op.drop_operands()

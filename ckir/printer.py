@@ -119,8 +119,12 @@ class Printer:
             defaults = op.opdef.attrs
             items = [f"{k} = {fmt_attr(v)}" for k, v in op.attrs.items()
                      if v is not None and (k not in defaults or v != defaults[k].default)]
-            if items:
-                parts.append(" {" + ", ".join(items) + "}")
+        else:
+            items = []
+        if op.meta:
+            items += [f"{k} = {fmt_attr(v)}" for k, v in op.meta.items()]
+        if items:
+            parts.append(" {" + ", ".join(items) + "}")
         if op.regions:
             out.append("".join(parts))
             parts = []

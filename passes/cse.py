@@ -10,7 +10,8 @@ def _key(op):
     if "commutative" in op.opdef.traits:
         operands = tuple(sorted(operands, key=id))
     attrs = tuple(sorted((k, v) for k, v in op.attrs.items() if v is not None))
-    return (op.opdef, operands, attrs, tuple(r.type for r in op.results))
+    meta = tuple(sorted(op.meta.items())) if op.meta else ()
+    return (op.opdef, operands, attrs, meta, tuple(r.type for r in op.results))
 
 
 def cse_block(block: Block) -> int:
