@@ -91,10 +91,16 @@ def resolve_attrs(op: Op, bind: dict) -> dict:
 
 
 class Interpreter:
-    """Runs graphs of `module`; `weights` maps a weight name to its array (memory-mapped)."""
+    """Runs graphs of `module` through the ops' reference semantics.
 
-    def __init__(self, module: Module):
+    With `arena=True` (after the arena pass) every result is stored in one numpy buffer per
+    section at its planned offset and read back from there, so a placement that lets two live
+    tensors overlap changes the results: the plan is tested by running it."""
+
+    def __init__(self, module: Module, arena: bool = False):
         self.module = module
+        self.arena = arena
+        self.sections: dict | None = None
         self._last_use: dict[int, dict] = {}
 
     def weight(self, name: str) -> np.ndarray:
@@ -140,14 +146,26 @@ class Interpreter:
             if len(outs) != len(op.results):
                 raise CkirError(f"{op.location()}: reference gave {len(outs)} results, "
                                 f"declared {len(op.results)}")
+            place = op.meta.get("arena.place") if self.arena and op.meta else None
             for r, a in zip(op.results, outs):
                 if type(r.type) is TensorType and not isinstance(a, np.ndarray):
                     a = np.asarray(a)
                 check_value(a, r.type, bind, f"{op.location()}: result {r.index}")
+                if place is not None:
+                    a = self._into_arena(a, place[r.index], op)
                 env[r] = a
             for v in plan.get(op, ()):
                 env.pop(v, None)
         raise CkirError("block has no terminator")
+
+    def _into_arena(self, a: np.ndarray, place, op) -> np.ndarray:
+        sec, offset, size = place[0], place[1], place[2]
+        if a.nbytes > size:
+            raise CkirError(f"{op.location()}: result needs {a.nbytes} bytes, the arena planned {size}")
+        buf = self.sections[sec]
+        view = np.ndarray(a.shape, dtype=a.dtype, buffer=buf, offset=offset)
+        np.copyto(view, a)     # a view result may already live there: copying onto itself is fine
+        return view
 
     def _region_fn(self, region: Block, bind: dict):
         def run(*args):
@@ -159,16 +177,26 @@ class Interpreter:
         return run
 
     def run(self, graph: Graph, inputs: list, bind: dict) -> list:
+        if self.arena and self.sections is None:
+            from ckir.passes.arena import section_stats
+            stats = section_stats(graph)
+            if not stats:
+                raise CkirError(f"graph @{graph.name} has no arena placements: run the arena pass first")
+            self.sections = {sec: np.zeros(s["peak_bytes"], np.uint8) for sec, s in stats.items()}
         # IEEE semantics define the results (inf, nan); numpy's warnings about them are noise
         with np.errstate(all="ignore"):
-            return self.run_block(graph, inputs, bind)
+            outs = self.run_block(graph, inputs, bind)
+        if self.arena:
+            outs = [np.array(o) if isinstance(o, np.ndarray) else o for o in outs]   # not views into the arena
+        return outs
 
 
 class InterpBackend:
     name = "interp"
 
-    def compile(self, module: Module, graph: Graph, **options):
+    def compile(self, module: Module, graph: Graph, arena: bool = False, **options):
+        """Option: arena=True runs inside the arena pass's placements (see Interpreter)."""
         if options:
-            raise CkirError(f"interp backend takes no options, got {', '.join(options)}")
-        interp = Interpreter(module)
+            raise CkirError(f"the interp backend's only option is arena, got {', '.join(options)}")
+        interp = Interpreter(module, arena=arena)
         return lambda inputs, bind: interp.run(graph, inputs, bind)

@@ -91,6 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bind", action="append", metavar="NAME=SIZE",
                    help="size of a symbolic dim for the estimates")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.add_argument("--arena", action="store_true",
+                   help="print the memory plan (after the arena pass): tensor, section, offset, size, live range")
+    p.add_argument("--arena-svg", metavar="FILE", help="draw the memory plan as an SVG (time x offset)")
     _common(p)
 
     p = sub.add_parser("compile", help="emit native code (asm, LLVM IR or an object file) for a target",
@@ -227,13 +230,39 @@ def cmd_run(a) -> int:
 
 
 def cmd_dump(a) -> int:
+    from ckir.passes.arena import placements, section_stats, svg
+
     from .report import format_summary, summarize
     m = _load(a.input, a.passes)
     s = summarize(m, _bind(a.bind))
+    g = m.main
+    placed = placements(g)
+    if (a.arena or a.arena_svg) and not placed:
+        raise CkirError("the module has no memory plan: add arena to --passes (e.g. "
+                        "--passes 'specialize{seq=128},arena')")
+    if placed:
+        s["arena"] = section_stats(g)
+    if a.arena_svg:
+        from .api import _atomic_write
+        text = svg(g)
+        _atomic_write(a.arena_svg, lambda f: f.write(text.encode()))
     if a.json:
+        if a.arena:
+            s["arena_table"] = placed
         print(json.dumps(s, indent=2))
-    else:
-        sys.stdout.write(format_summary(s))
+        return 0
+    sys.stdout.write(format_summary(s))
+    if placed:
+        for sec, st in s["arena"].items():
+            print(f"arena {sec}: peak {st['peak_bytes']} bytes, lower bound {st['lower_bound_bytes']}, "
+                  f"without reuse {st['no_reuse_bytes']} ({st['tensors']} buffers)")
+    if a.arena:
+        print(f"{'tensor':<40} {'section':<12} {'offset':>12} {'size':>12} {'live':>12}")
+        for r in placed:
+            print(f"{r['value'][:40]:<40} {r['section']:<12} {r['offset']:>12} {r['size']:>12} "
+                  f"{r['first']:>5}-{r['last']:<6}")
+    if a.arena_svg:
+        print(f"wrote {a.arena_svg}")
     return 0
 
 
