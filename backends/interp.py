@@ -100,6 +100,7 @@ class Interpreter:
     def __init__(self, module: Module, arena: bool = False):
         self.module = module
         self.arena = arena
+        self.state = StateStore(module)
         self.sections: dict | None = None
         self._last_use: dict[int, dict] = {}
 
@@ -135,6 +136,8 @@ class Interpreter:
             extra = {}
             if od.name == "ckir.weight":
                 extra["weights"] = self.weight
+            elif od.name in ("ckir.state", "ckir.write_state"):
+                extra["state"] = self.state
             if op.regions:
                 extra["regions"] = [self._region_fn(r, bind) for r in op.regions]
             try:
@@ -177,10 +180,16 @@ class Interpreter:
         return run
 
     def run(self, graph: Graph, inputs: list, bind: dict) -> list:
+        self.state.begin()
+        outs = self._run(graph, inputs, bind)
+        self.state.commit()
+        return outs
+
+    def _run(self, graph: Graph, inputs: list, bind: dict) -> list:
         if self.arena and self.sections is None:
             from ckir.passes.arena import section_stats
             stats = section_stats(graph)
-            if not stats:
+            if not stats and any(op is not graph.terminator for op in graph):
                 raise CkirError(f"graph @{graph.name} has no arena placements: run the arena pass first")
             self.sections = {sec: np.zeros(s["peak_bytes"], np.uint8) for sec, s in stats.items()}
         # IEEE semantics define the results (inf, nan); numpy's warnings about them are noise
@@ -191,6 +200,43 @@ class Interpreter:
         return outs
 
 
+class StateStore:
+    """The current values of a module's state. Writes made during a call are held back and
+    applied only when the call completes, so a failed call leaves the state as it was."""
+
+    def __init__(self, module: Module):
+        self.module = module
+        self.values: dict = {}
+        self.pending: dict = {}
+
+    def read(self, name: str) -> np.ndarray:
+        a = self.values.get(name)
+        if a is None:
+            st = self.module.state[name]
+            if st.init is not None:
+                a = np.array(self.module.weights[st.init].array(self.module.base_dir))
+            else:
+                a = np.zeros(st.type.shape, st.type.dtype.np)
+            a.flags.writeable = False
+            self.values[name] = a
+        return a
+
+    def write(self, name: str, value: np.ndarray) -> None:
+        v = np.array(value)
+        v.flags.writeable = False
+        self.pending[name] = v
+
+    def begin(self) -> None:
+        self.pending = {}
+
+    def commit(self) -> None:
+        self.values.update(self.pending)
+        self.pending = {}
+
+    def reset(self) -> None:
+        self.values, self.pending = {}, {}
+
+
 class InterpBackend:
     name = "interp"
 
@@ -199,4 +245,8 @@ class InterpBackend:
         if options:
             raise CkirError(f"the interp backend's only option is arena, got {', '.join(options)}")
         interp = Interpreter(module, arena=arena)
-        return lambda inputs, bind: interp.run(graph, inputs, bind)
+
+        def run(inputs, bind):
+            return interp.run(graph, inputs, bind)
+        run.state = interp.state
+        return run

@@ -65,6 +65,20 @@ class CompiledModule:
             arrays.append(a)
         return arrays, bind
 
+    @property
+    def state(self) -> dict:
+        """The current value of each module state (read-only arrays)."""
+        store = getattr(self._run, "state", None)
+        if store is None:
+            raise CkirError(f"the {self.backend} backend does not keep state")
+        return {n: store.read(n) for n in self.module.state}
+
+    def reset_state(self) -> None:
+        """Back to each state's initial value (zeros, or its weight)."""
+        store = getattr(self._run, "state", None)
+        if store is not None:
+            store.reset()
+
     def __call__(self, *args, **kwargs) -> dict[str, np.ndarray]:
         arrays, bind = self._bind_inputs(args, kwargs)
         outs = self._run(arrays, bind)

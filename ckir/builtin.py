@@ -41,3 +41,46 @@ class weight:
 
     def cost(op, bind):
         return Cost()
+
+
+@declare
+class state:
+    """The value of a module state (see Module.add_state) as of the start of the call: every
+    read in one call sees the same value, whatever the call writes."""
+    name = "ckir.state"
+    results = (Result("y"),)
+    attrs = (Attr("name", "symbol", doc="the state, @name"),)
+    traits = {"pure"}
+    declared_types = True
+    fold = False
+    vjp = not_differentiable("state is not differentiated; the optimizer pass updates it")
+
+    def ref(*, name, state):
+        return state.read(name)
+
+    def cost(op, bind):
+        return Cost()
+
+
+@declare
+class write_state:
+    """Replace a module state with `value` when the call completes (if the call fails, the
+    state keeps its old value). At most one write per state per graph."""
+    name = "ckir.write_state"
+    operands = (Operand("value", ANY),)
+    results = ()
+    attrs = (Attr("name", "symbol", doc="the state, @name"),)
+    traits = {"side_effect"}
+    fold = False
+    vjp = not_differentiable("a side effect")
+
+    def infer(value, *, name):
+        return ()
+
+    def ref(value, *, name, state):
+        state.write(name, value)
+        return ()
+
+    def cost(op, bind):
+        v = op.operands[0].type
+        return Cost(0, v.nbytes(bind), v.nbytes(bind))

@@ -397,13 +397,25 @@ class Weight:
         return arr
 
 
+class State:
+    """A persistent tensor (a KV cache, trained parameters, optimizer moments): graphs read it
+    with ckir.state and replace it with ckir.write_state; it starts as zeros or as a copy of the
+    weight named by `init`."""
+    __slots__ = ("name", "type", "init")
+
+    def __init__(self, name: str, type: TensorType, init: str | None = None):
+        self.name, self.type, self.init = name, type, init
+
+
 class Module:
-    """Graphs plus the weights they reference. `base_dir` resolves relative weight files."""
+    """Graphs plus the weights and state they reference. `base_dir` resolves relative weight
+    files."""
 
     def __init__(self, name: str = "module"):
         self.name = name
         self.graphs: dict[str, Graph] = {}
         self.weights: dict[str, Weight] = {}
+        self.state: dict[str, State] = {}
         self.base_dir: str | None = None
 
     def add_graph(self, graph: Graph) -> Graph:
@@ -423,6 +435,21 @@ class Module:
             w = Weight(name, TensorType(arr.shape, arr.dtype), arr)
         self.weights[name] = w
         return w
+
+    def add_state(self, name: str, type: TensorType, init: str | None = None) -> State:
+        """Declare persistent state: zeros, or a copy of weight `init`."""
+        if name in self.state:
+            raise CkirError(f"module already has state @{name}")
+        if not type.is_static:
+            raise CkirError(f"state @{name} must have a static type, not {type}")
+        if init is not None:
+            w = self.weights.get(init)
+            if w is None:
+                raise CkirError(f"state @{name}: no weight @{init} to start from")
+            if w.type is not type:
+                raise CkirError(f"state @{name} is {type} but weight @{init} is {w.type}")
+        st = self.state[name] = State(name, type, init)
+        return st
 
     @property
     def main(self) -> Graph:

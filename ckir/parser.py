@@ -245,10 +245,12 @@ class Parser:
             tok = self.toks[self.i]
             if tok[1] == "weight" and tok[0] == "ident":
                 self.weight(m, weights or {})
+            elif tok[1] == "state" and tok[0] == "ident":
+                self.state(m)
             elif tok[1] == "graph" and tok[0] == "ident":
                 self.graph(m)
             else:
-                raise self.error(f"expected 'weight', 'graph' or '}}', got {self.describe(tok)}")
+                raise self.error(f"expected 'weight', 'state', 'graph' or '}}', got {self.describe(tok)}")
         if self.peek_kind() != "eof":
             raise self.error(f"unexpected {self.describe(self.toks[self.i])} after the module")
         return m
@@ -290,6 +292,25 @@ class Parser:
         else:
             raise self.error(f"expected dense<...>, file(...) or memory, got {self.describe(tok)}")
         m.weights[name] = Weight(name, t, data, inline=tok[0] == "dense")
+
+    def state(self, m: Module) -> None:
+        self.i += 1
+        pos = self.toks[self.i][2]
+        name = self.sym("a state name like @kv")
+        if name in m.state:
+            raise self.error(f"state @{name} defined twice", pos)
+        self.expect(":")
+        t = self.type()
+        self.expect("=")
+        init = None
+        if self.accept("weight"):
+            init = self.sym("the weight it starts from, like @w")
+        else:
+            self.expect("zeros", "or 'weight @name'")
+        try:
+            m.add_state(name, t, init)
+        except CkirError as e:
+            raise self.error(str(e), pos) from None
 
     def args(self, scope: dict, block_pos: int):
         names, types = [], []

@@ -172,6 +172,9 @@ def print_module(m: Module, debug_info: bool = True) -> str:
     out = [f"module @{ident(m.name)} {{"]
     for w in m.weights.values():
         out.append(fmt_weight(w))
+    for st in m.state.values():
+        init = f"weight @{ident(st.init)}" if st.init is not None else "zeros"
+        out.append(f"  state @{ident(st.name)} : {st.type} = {init}")
     p = Printer(debug_info)
     for g in m.graphs.values():
         p.graph(g, out)

@@ -13,6 +13,7 @@ def _vname(v: Value) -> str:
 
 def verify_block(block: Block, where: str, syms: dict, module: Module | None) -> None:
     defined = set(block.args)
+    writes: set = set()
     for a in block.args:
         _check_syms(a.type, syms, where)
     last = block.last
@@ -35,6 +36,17 @@ def verify_block(block: Block, where: str, syms: dict, module: Module | None) ->
                     raise VerifyError(f"{op.location()}: result {r.index} has a stale use by {u.name}")
             _check_syms(r.type, syms, op.location())
         od.verify(op)
+        if od.name in ("ckir.state", "ckir.write_state") and module is not None:
+            st = module.state.get(op.attrs["name"])
+            if st is None:
+                raise VerifyError(f"{op.location()}: no state @{op.attrs['name']} in the module")
+            t = op.results[0].type if od.name == "ckir.state" else op.operands[0].type
+            if t is not st.type:
+                raise VerifyError(f"{op.location()}: state @{st.name} is {st.type}, the op has {t}")
+            if od.name == "ckir.write_state":
+                if st.name in writes:
+                    raise VerifyError(f"{op.location()}: state @{st.name} is written twice in {where}")
+                writes.add(st.name)
         if od.name == "ckir.weight" and module is not None:
             w = module.weights.get(op.attrs["name"])
             if w is None:

@@ -126,8 +126,8 @@ def plan(module: Module, g: Graph, align: int = 64, inplace: bool = True) -> dic
     for i, op in enumerate(ops):
         name = op.opdef.name
         for r in op.results:
-            if name in SOURCES:
-                g_ = Group(r, value_bytes(r), 0, "weights")
+            if name in SOURCES or name == "ckir.state":
+                g_ = Group(r, value_bytes(r), 0, "state" if name == "ckir.state" else "weights")
                 g_.last = end
             elif "view" in op.opdef.traits and op.operands and op.operands[0] not in inputs \
                     and op.operands[0] in group and r is op.results[0] \

@@ -26,6 +26,7 @@ class DCE(Pass):
         self.stat("ops erased", sum(dce_block(g) for g in module.graphs.values()))
         if self.weights:
             used = {op.attrs["name"] for op in module.walk() if op.opdef.name == "ckir.weight"}
+            used |= {st.init for st in module.state.values() if st.init is not None}
             dead = [n for n in module.weights if n not in used]
             for n in dead:
                 del module.weights[n]

@@ -11,6 +11,8 @@ from opcheck import check_cost, check_vjp, roundtrip, run_example
 STRUCTURAL = {
     "ckir.return": "ends every graph: every test module round-trips it",
     "ckir.weight": "needs a module weight: tests/test_ir.py::test_weight_op_roundtrip_and_run",
+    "ckir.state": "needs a module state: tests/test_state.py",
+    "ckir.write_state": "needs a module state: tests/test_state.py",
     "test.call": "declared by tests/conftest.py to exercise regions: tests/test_ir.py",
     # regions and sequence/optional operands (examples build tensor operands only)
     "nn.if": "regions: tests/test_onnx_control.py::test_if_*",

@@ -124,7 +124,7 @@ def test_parse_errors_name_the_place(text, msg):
 def test_filename_in_errors(tmp_path):
     p = tmp_path / "bad.ckir"
     p.write_text("module @m {\n  oops\n}\n")
-    with pytest.raises(ParseError, match=r"bad.ckir:2:3: expected 'weight', 'graph' or '}', got 'oops'"):
+    with pytest.raises(ParseError, match=r"bad.ckir:2:3: expected 'weight', 'state', 'graph' or '}', got 'oops'"):
         ckir.load(str(p))
 
 

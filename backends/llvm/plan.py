@@ -14,7 +14,7 @@ import ctypes
 
 import numpy as np
 
-from ckir.backends.interp import check_value, resolve_attrs
+from ckir.backends.interp import StateStore, check_value, resolve_attrs
 from ckir.errors import CkirError
 from ckir.ir import Graph, Module
 from ckir.types import TensorType
@@ -24,7 +24,7 @@ from .codegen import CodeGen, Layout, find_emitter, tensor_types_supported
 from .runtime import Runtime
 from .target import Target, check_runnable
 
-SOURCES = ("ckir.weight", "nn.constant")
+SOURCES = ("ckir.weight", "nn.constant", "ckir.state")
 
 
 class Step:
@@ -87,6 +87,7 @@ class Plan:
         self.ref_ops = [op for op, k in self.kinds.items() if k == "ref"]
         self.ir_text = cg.ir_text()
         self.cached = False
+        self.state = StateStore(module)
         self._shapes_cache: dict = {}
         self._has_dynamic = any(k == "ref" for k in self.kinds.values())
 
@@ -114,7 +115,7 @@ class Plan:
                     step.index[v] = len(vals)
                     vals.append(v)
         step.values = vals
-        layout = Layout(step.index, self.dim_index)
+        layout = Layout(step.index, self.dim_index, self.n_dims, {op: i for i, op in enumerate(run)})
         emits = [find_emitter(op) if self.kinds[op] == "native" else None for op in run]
         cg.segment(step.name, run, layout, emits)
         self.steps.append(step)
@@ -133,11 +134,17 @@ class Plan:
         return shapes
 
     def run(self, inputs: list, bind: dict) -> list:
+        self.state.begin()
+        outs = self._run(inputs, bind)
+        self.state.commit()
+        return outs
+
+    def _run(self, inputs: list, bind: dict) -> list:
         g = self.graph
         env: dict = {}
         for v, a in zip(g.inputs, inputs):
             env[v] = _contiguous(a) if isinstance(a, np.ndarray) else a
-        dims = np.zeros(max(1, self.n_dims), dtype=np.int64)
+        dims = np.zeros(self.n_dims + 1, dtype=np.int64)      # the last slot: the status word
         key = None if self._has_dynamic else tuple(a.shape for a in inputs if isinstance(a, np.ndarray))
         cached = self._shapes_cache.get(key) if key is not None else None
         shapes = dict(cached) if cached is not None else {v: a.shape for v, a in env.items()
@@ -147,6 +154,8 @@ class Plan:
                 op = step.ops[0]
                 if op.opdef.name == "ckir.weight":
                     a = self.module.weights[op.attrs["name"]].array(self.module.base_dir)
+                elif op.opdef.name == "ckir.state":
+                    a = self.state.read(op.attrs["name"])
                 else:
                     a = op.attrs["value"].array
                 env[op.results[0]] = a
@@ -158,7 +167,7 @@ class Plan:
                     if isinstance(env[r], np.ndarray):
                         shapes[r] = env[r].shape
             else:
-                self._run_native(step, env, shapes, cached is not None, dims)
+                self._run_native(step, env, shapes, cached is not None, dims, bind)
         if key is not None and cached is None:
             self._shapes_cache[key] = shapes
         return [env[v] for v in g.outputs]
@@ -166,6 +175,8 @@ class Plan:
     def _run_ref(self, op, env, bind) -> None:
         arrays = [env[v] for v in op.operands]
         extra = {}
+        if op.opdef.name == "ckir.write_state":
+            extra["state"] = self.state
         if op.regions:
             from ckir.backends.interp import Interpreter
             interp = Interpreter(self.module)
@@ -183,7 +194,7 @@ class Plan:
             check_value(a, r.type, bind, f"{op.location()}: result {r.index}")
             env[r] = a
 
-    def _run_native(self, step, env, shapes, shapes_known, dims) -> None:
+    def _run_native(self, step, env, shapes, shapes_known, dims, bind) -> None:
         for op in step.ops:
             if not shapes_known:
                 for r, sh in zip(op.results, self._shapes(shapes, op)):
@@ -197,7 +208,13 @@ class Plan:
             if v in shapes:
                 dims[i] = shapes[v][ax]
         ptrs = (ctypes.c_void_p * len(step.values))(*[env[v].ctypes.data for v in step.values])
+        dims[self.n_dims] = 0
         step.fn(ctypes.addressof(ptrs), dims.ctypes.data)
+        if dims[self.n_dims]:
+            # a kernel found bad data (Kernel.fail): the reference raises the interpreter's error
+            op = step.ops[int(dims[self.n_dims]) - 1]
+            self._run_ref(op, env, bind)
+            raise CkirError(f"{op.location()}: failed at run time")
 
 
 def _contiguous(a: np.ndarray) -> np.ndarray:
@@ -219,6 +236,7 @@ class LLVMBackend:
         def run(inputs, bind):
             return plan.run(inputs, bind)
         run.plan = plan
+        run.state = plan.state
         return run
 
 

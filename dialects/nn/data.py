@@ -652,3 +652,60 @@ class arange:
     def cost(op, bind):
         t = op.results[0].type
         return Cost(numel(t, bind), 0, t.nbytes(bind))
+
+
+@declare
+class update_slice:
+    """`dst` with `src` written at `start` along `axis`: dst[..., start:start+n, ...] = src where n
+    is src's size on that axis (the other dims match). `start` is an i32/i64 scalar read at run
+    time; a slice that does not fit inside dst is an error, never an out-of-bounds write. The KV
+    cache update: new keys written at the current position."""
+    name = "nn.update_slice"
+    operands = (Operand("dst", ANY), Operand("src", ANY), Operand("start", INDEX))
+    attrs = (Attr("axis", "int", doc="the axis the slice runs along"),)
+    traits = {"pure", "inplace"}
+    examples = (Ex("f32[6,4]", "f32[2,4]", np.array(3, np.int64), axis=0),
+                Ex("f32[2,8,3]", "f32[2,1,3]", np.array(7, np.int32), axis=-2),
+                Ex("i64[5]", "i64[5]", np.array(0, np.int64), axis=0))
+
+    def infer(dst, src, start, *, axis):
+        same_dtype(dst, src)
+        if start.rank != 0:
+            raise ShapeError(f"start must be a scalar, got {start}")
+        if dst.rank != src.rank:
+            raise ShapeError(f"dst is {dst} but src is {src}: ranks differ")
+        a = norm_axis(axis, dst.rank)
+        for i, (d, s) in enumerate(zip(dst.shape, src.shape)):
+            if i == a:
+                if type(d) is int and type(s) is int and s > d:
+                    raise ShapeError(f"src has {s} entries on axis {a}, dst only {d}")
+            elif type(d) is int and type(s) is int and d != s:
+                raise ShapeError(f"dst is {dst} but src is {src}: dim {i} differs")
+        return dst
+
+    def ref(dst, src, start, *, axis):
+        a = norm_axis(axis, dst.ndim)
+        s, n = int(start), src.shape[a]
+        if s < 0 or s + n > dst.shape[a]:
+            raise CkirError(f"slice [{s}, {s + n}) does not fit axis {a} of size {dst.shape[a]}")
+        out = np.array(dst)
+        idx = [slice(None)] * dst.ndim
+        idx[a] = slice(s, s + n)
+        out[tuple(idx)] = src
+        return out
+
+    def vjp(b, op, g):
+        if g is None:
+            return [None, None, None]
+        dst, src, start = op.operands
+        a = norm_axis(op.attrs["axis"], dst.type.rank)
+        zeros = b.nn.broadcast_like(b.constant(0, src.type.dtype.np), src)
+        gd = b.nn.update_slice(g, zeros, start, axis=a)
+        s1 = b.nn.reshape(b.nn.cast(start, to=dt.i64), shape=[1])
+        e1 = b.nn.add(s1, b.nn.reshape(b.nn.size(src, axes=[a]), shape=[1]))
+        gs = b.nn.reshape_like(b.nn.slice_dyn(g, s1, e1, axes=[a]), src)
+        return [gd, gs, None]
+
+    def cost(op, bind):
+        src = op.operands[1].type
+        return Cost(0, src.nbytes(bind), src.nbytes(bind))
