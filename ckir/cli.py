@@ -126,6 +126,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--graph", help="graph to export (default: the only one, or @main)")
     _common(p)
 
+    p = sub.add_parser("train", help="train a language model on a text file",
+                       description="Train a model mapping token ids [batch, seq] to logits [batch, seq, "
+                       "vocab] (an ONNX model with float initializers, or a .ckir module) on a text file "
+                       "read as bytes, with the next-token cross-entropy loss. The whole step (forward, "
+                       "backward, optimizer update) is compiled once. Checkpoints are written "
+                       "atomically; --resume continues exactly where a run stopped.")
+    p.add_argument("input", help="model file (.onnx or .ckir)")
+    p.add_argument("--data", required=True, help="training text (read as bytes)")
+    p.add_argument("--steps", type=int, required=True, help="train until this many steps in total")
+    p.add_argument("--batch", type=int, default=8, help="sequences per step (default 8)")
+    p.add_argument("--seq", type=int, default=64, help="tokens per sequence (default 64)")
+    p.add_argument("--lr", type=float, default=1e-3, help="learning rate (default 1e-3)")
+    p.add_argument("--optimizer", choices=["adamw", "sgd"], default="adamw", help="(default adamw)")
+    p.add_argument("--save", metavar="CKPT", help="write a checkpoint (.npz) every 10 steps and at the end")
+    p.add_argument("--resume", metavar="CKPT", help="continue from a checkpoint")
+    p.add_argument("--backend", default="interp", help="backend (default: interp)")
+    p.add_argument("--json", action="store_true", help='one line per step: {"step": .., "loss": ..}')
+    _common(p)
+
     p = sub.add_parser("passes", help="list registered passes and their options",
                        description="List every registered pass (ours, entry-point plugins and "
                        "--plugin files) with its options, types and defaults.")
@@ -319,6 +338,15 @@ def cmd_export_onnx(a) -> int:
     return 0
 
 
+def cmd_train(a) -> int:
+    from .train import train
+    if a.steps < 1 or a.batch < 1 or a.seq < 1:
+        raise CkirError("--steps, --batch and --seq must be positive")
+    train(a.input, a.data, a.steps, batch=a.batch, seq=a.seq, lr=a.lr, optimizer=a.optimizer,
+          save=a.save, resume=a.resume, json_lines=a.json, backend=a.backend)
+    return 0
+
+
 def cmd_passes(a) -> int:
     import dataclasses
     import typing
@@ -345,7 +373,8 @@ def cmd_passes(a) -> int:
 
 
 COMMANDS = {"opt": cmd_opt, "run": cmd_run, "dump": cmd_dump, "compile": cmd_compile,
-            "targets": cmd_targets, "export-onnx": cmd_export_onnx, "passes": cmd_passes}
+            "targets": cmd_targets, "export-onnx": cmd_export_onnx, "train": cmd_train,
+            "passes": cmd_passes}
 
 
 def main(argv=None) -> int:
