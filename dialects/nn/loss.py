@@ -175,3 +175,115 @@ class nll_loss_grad:
         y = op.results[0].type
         return Cost(numel(op.operands[0].type, bind),
                     op.operands[0].type.nbytes(bind) + op.operands[1].type.nbytes(bind), y.nbytes(bind))
+
+
+@declare
+class cross_entropy:
+    """Softmax cross-entropy of class scores, as torch.nn.functional.cross_entropy: logits
+    (N, C, d1, ...), target (N, d1, ...) class indices (i32/i64):
+
+        logp = log_softmax(logits, axis=1)
+        loss[n, d] = -(1 - s) * logp[n, t, d] - s * mean_c(logp[n, c, d])    t = target[n, d]
+        loss[n, d] = 0                                                       where t == ignore_index
+
+    with s = label_smoothing. reduction "mean" (default) divides the sum by the number of
+    positions not ignored (NaN when none is); "sum"; "none" keeps (N, d1, ...). A kept target
+    outside [0, C) is an error. Computed in f64 for f16/bf16/f32 scores and rounded once.
+
+    Gradient for the logits: (softmax(logits) - (1 - s) * onehot(t) - s / C) times the incoming
+    gradient (divided by the count for "mean"), zero at ignored positions."""
+    name = "nn.cross_entropy"
+    operands = (Operand("logits", FLOAT), Operand("target", TARGET))
+    attrs = (Attr("reduction", "str", "mean", choices=("none", "sum", "mean")),
+             Attr("ignore_index", "int", -100, doc="targets equal to it contribute nothing"),
+             Attr("label_smoothing", "float", 0.0, doc="weight s of the uniform target, in [0, 1]"))
+    traits = {"pure"}
+    examples = (Ex("f32[4,5]", np.array([1, 0, 4, 2], np.int64)),
+                Ex("f32[2,3,4]", np.array([[0, 2, 1, 1], [2, 2, 0, 1]], np.int64), reduction="none"),
+                Ex("f32[5,3]", np.array([2, -100, 0, 1, -100], np.int64), label_smoothing=0.1),
+                Ex("f32[3,4]", np.array([3, 1, 0], np.int32), reduction="sum", label_smoothing=0.3,
+                   ignore_index=1))
+
+    def infer(logits, target, *, reduction, ignore_index, label_smoothing):
+        _check_target(logits, target, "logits")
+        if not 0.0 <= label_smoothing <= 1.0:
+            raise ShapeError(f"label_smoothing must be in [0, 1], got {label_smoothing}")
+        if reduction == "none":
+            return TensorType(target.shape, logits.dtype)
+        return TensorType((), logits.dtype)
+
+    def ref(logits, target, *, reduction, ignore_index, label_smoothing):
+        x = logits.astype(np.float64)
+        z = x - x.max(axis=1, keepdims=True)
+        logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+        picked, keep, _ = _picked(logp, target, ignore_index)
+        loss = -(1 - label_smoothing) * picked - label_smoothing * logp.mean(axis=1)
+        loss = np.where(keep, loss, 0.0)
+        if reduction == "sum":
+            loss = loss.sum()
+        elif reduction == "mean":
+            n = keep.sum()
+            loss = loss.sum() / n if n else np.float64(np.nan)
+        return np.asarray(loss).astype(logits.dtype)
+
+    def vjp(b, op, g):
+        if g is None:
+            return [None, None]
+        x, t = op.operands
+        a = op.attrs
+        s, red = a["label_smoothing"], a["reduction"]
+        keep = b.nn.cast(b.nn.ne(t, b.constant(np.asarray(a["ignore_index"], t.type.dtype.np))), to=x.type.dtype)
+        w = b.nn.mul(keep, g)                                   # per position (g broadcasts)
+        if red == "mean":
+            w = b.nn.div(w, b.nn.sum(keep))
+        wx = b.nn.unsqueeze(w, axes=[1])                        # over the class axis
+        c = b.nn.size(x, axes=[1], dtype=x.type.dtype)
+        grad = b.nn.mul(b.nn.sub(b.nn.softmax(x, axis=1), b.nn.div(s, c)), wx)
+        onehot = b.nn.nll_loss_grad(b.nn.mul(w, 1.0 - s), b.nn.where(b.nn.cast(keep, to=dt.bool_), t, b.nn.mul(t, 0)), x)
+        return [b.nn.add(grad, onehot), None]
+
+    def cost(op, bind):
+        x = op.operands[0].type
+        return Cost(12 * numel(x, bind), x.nbytes(bind) + op.operands[1].type.nbytes(bind),
+                    op.results[0].type.nbytes(bind))
+
+
+@declare
+class mse_loss:
+    """Mean squared error, as torch.nn.functional.mse_loss: (a - b)^2 with numpy broadcasting,
+    reduced by "mean" (default), "sum" or "none"."""
+    name = "nn.mse_loss"
+    operands = (Operand("a", FLOAT), Operand("b", FLOAT))
+    attrs = (Attr("reduction", "str", "mean", choices=("none", "sum", "mean")),)
+    traits = {"pure"}
+    examples = (Ex("f32[3,4]", "f32[3,4]"), Ex("f32[2,3]", "f32[3]", reduction="sum"),
+                Ex("f32[5]", "f32[5]", reduction="none"))
+
+    def infer(a, b, *, reduction):
+        from ckir.types import broadcast_shapes
+        same_dtype(a, b)
+        shape = broadcast_shapes(a.shape, b.shape)
+        return TensorType(shape if reduction == "none" else (), a.dtype)
+
+    def ref(a, b, *, reduction):
+        d = wide(a).astype(np.float64) - wide(b).astype(np.float64)
+        sq = d * d
+        out = sq if reduction == "none" else (sq.sum() if reduction == "sum" else sq.mean())
+        return np.asarray(out).astype(a.dtype)
+
+    def vjp(bld, op, g):
+        from ._util import unbroadcast
+        if g is None:
+            return [None, None]
+        a, c = op.operands
+        d = bld.nn.sub(a, c)
+        scale = bld.nn.mul(g, 2.0)
+        if op.attrs["reduction"] == "mean":
+            scale = bld.nn.div(scale, bld.nn.size(d, dtype=a.type.dtype))
+        gd = bld.nn.mul(d, scale)
+        return [unbroadcast(bld, gd, a), unbroadcast(bld, bld.nn.neg(gd), c)]
+
+    def cost(op, bind):
+        a = op.operands[0].type
+        return Cost(3 * numel(a, bind), a.nbytes(bind) + op.operands[1].type.nbytes(bind),
+                    op.results[0].type.nbytes(bind))
