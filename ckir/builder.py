@@ -78,6 +78,29 @@ class Builder:
             return self.constant(x, dtype)
         raise CkirError(f"{name}: operand {x!r} is neither a Value nor a number")
 
+    def inline(self, block: Block, args) -> list:
+        """Copy `block`'s ops here with its arguments replaced by `args`; returns the values its
+        terminator returns (fused ops differentiate and unfuse through this)."""
+        env = dict(zip(block.args, args))
+        for op in block:
+            if "terminator" in op.opdef.traits:
+                return [env[v] for v in op.operands]
+            regions = [self._clone_block(r) for r in op.regions]
+            new = self.insert(Op(op.opdef, [env[v] for v in op.operands], [r.type for r in op.results],
+                                 dict(op.attrs), regions, op.loc or self.loc, [r.name for r in op.results]))
+            if op.meta:
+                new.meta = dict(op.meta)
+            env.update(zip(op.results, new.results))
+        raise CkirError("inline: the block has no terminator")
+
+    @staticmethod
+    def _clone_block(block: Block) -> Block:
+        nb = Block([a.type for a in block.args], [a.name for a in block.args])
+        outs = Builder.at_end(nb).inline(block, nb.args)
+        from .opdef import get_op
+        nb.append(Op(get_op("ckir.return"), outs, ()))
+        return nb
+
     def constant(self, value, dtype=None) -> Value:
         arr = np.asarray(value, dtype=dtype)
         return self.create("nn.constant", (), {"value": arr}).results[0]

@@ -1,2 +1,2 @@
 """Op declarations, grouped by dialect. Importing this package declares every op."""
-from . import nn, quant, train  # noqa: F401
+from . import fused, nn, quant, train  # noqa: F401

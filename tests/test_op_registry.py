@@ -12,6 +12,7 @@ STRUCTURAL = {
     "ckir.return": "ends every graph: every test module round-trips it",
     "ckir.weight": "needs a module weight: tests/test_ir.py::test_weight_op_roundtrip_and_run",
     "ckir.state": "needs a module state: tests/test_state.py",
+    "fused.elementwise": "a body made by the fuse pass: tests/test_fuse.py",
     "ckir.write_state": "needs a module state: tests/test_state.py",
     "test.call": "declared by tests/conftest.py to exercise regions: tests/test_ir.py",
     # regions and sequence/optional operands (examples build tensor operands only)
