@@ -140,6 +140,8 @@ class Interpreter:
                 extra["state"] = self.state
             if op.regions:
                 extra["regions"] = [self._region_fn(r, bind) for r in op.regions]
+            if od.ref_types:
+                extra["types"] = [v.type for v in op.operands]
             try:
                 outs = od.ref(arrays, resolve_attrs(op, bind), **extra)
             except CkirError as e:

@@ -11,11 +11,8 @@ from .opdef import REQUIRED, NotDifferentiable, _fmt_dtypes, all_ops
 def _example_line(opdef, ex) -> str:
     from .builder import new_graph
     from .printer import print_op
-    from .types import TensorType
-    xs = []
-    for a in ex.arrays(np.random.default_rng(0)):
-        xs.extend(a if isinstance(a, list) else [a])
-    g, b = new_graph("main", {f"a{i}": TensorType(x.shape, x.dtype) for i, x in enumerate(xs)})
+    types = ex.types(ex.arrays(np.random.default_rng(0)))
+    g, b = new_graph("main", {f"a{i}": t for i, t in enumerate(types)})
     op = b.create(opdef, list(g.inputs), ex.attrs)
     return print_op(op)
 

@@ -239,6 +239,18 @@ class Ex:
                 out.append(a.sample(rng))
         return out
 
+    def types(self, arrays) -> list:
+        """The operand types of `arrays` (as `arrays` returned them), flattened like the operands. A
+        block-quantized operand's array holds raw bytes: its type comes from its Arg."""
+        out = []
+        for spec, a in zip(self.args, arrays):
+            for x in (a if isinstance(a, list) else [a]):
+                if isinstance(spec, Arg) and spec.dtype.is_quant:
+                    out.append(TensorType(spec.shape, spec.dtype))
+                else:
+                    out.append(TensorType(x.shape, x.dtype))
+        return out
+
     def __repr__(self):
         parts = [repr(a) for a in self.args] + [f"{k}={v!r}" for k, v in self.attrs.items()]
         return f"({', '.join(parts)})"
@@ -326,6 +338,9 @@ class OpDef:
         self.attrs = {a.name: a for a in attrs}
         self.traits = frozenset(traits)
         self._infer, self._ref, self.vjp = infer, ref, vjp
+        # a reference with a `types` parameter also gets the operand types (the raw bytes of a
+        # block-quantized operand do not say which block type they hold)
+        self.ref_types = ref is not None and "types" in inspect.signature(ref).parameters
         self._cost, self.flops = cost, flops
         self.examples = tuple(examples)
         self._verify = verify
@@ -425,7 +440,13 @@ class OpDef:
             raise ShapeError(f"shape rule returned {len(r)} types for {len(self.results)} results")
         return r
 
-    def ref(self, arrays: list, attrs: dict, **extra):
+    def ref(self, arrays: list, attrs: dict, types: list | None = None, **extra):
+        """Run the reference on operand arrays; `types` (the operand types) is required by ops
+        whose reference takes them (`ref_types`)."""
+        if self.ref_types:
+            if types is None:
+                raise CkirError(f"{self.name}: its reference needs the operand types")
+            extra["types"] = types
         r = self._ref(*self.group(list(arrays)), **attrs, **extra)
         return tuple(r) if isinstance(r, (tuple, list)) else (r,)
 

@@ -79,7 +79,7 @@ def fold_rule(limit: int) -> Rule:
             return None
         try:
             with np.errstate(all="ignore"):
-                outs = od.ref(arrays, op.attrs)
+                outs = od.ref(arrays, op.attrs, types=[v.type for v in op.operands])
         except (CkirError, ValueError, TypeError, ArithmeticError):
             return None          # leave it for run time, where the error names the inputs
         return [b.constant(np.asarray(o, dtype=r.type.dtype.np)) for o, r in zip(outs, op.results)]

@@ -25,11 +25,12 @@ def flat(arrays):
     return out
 
 
-def one_op_module(opdef, arrays, attrs):
-    """A module with one graph input per (flattened) operand array, the op, and its results as
-    outputs. Returns (module, op, input arrays)."""
+def one_op_module(opdef, arrays, attrs, types=None):
+    """A module with one graph input per (flattened) operand array (of `types`, else the
+    arrays' own), the op, and its results as outputs. Returns (module, op, input arrays)."""
     xs = flat(arrays)
-    g, b = new_graph("main", {f"a{i}": TensorType(x.shape, x.dtype) for i, x in enumerate(xs)})
+    types = types or [TensorType(x.shape, x.dtype) for x in xs]
+    g, b = new_graph("main", {f"a{i}": t for i, t in enumerate(types)})
     op = b.create(opdef, list(g.inputs), attrs)
     g.set_outputs(op.results, [f"y{i}" for i in range(len(op.results))])
     m = Module("check")
@@ -49,11 +50,11 @@ def run_example(opdef, ex, rng=None):
     """Run one example through the interpreter; returns (module, inputs, outputs)."""
     rng = rng or np.random.default_rng(RNG_SEED)
     arrays = ex.arrays(rng)
-    m, op, xs = one_op_module(opdef, arrays, ex.attrs)
+    m, op, xs = one_op_module(opdef, arrays, ex.attrs, ex.types(arrays))
     ckir.verify(m)
     f = ckir.compile(m)
     outs = [f(*xs)[n] for n in f.output_names]
-    direct = opdef.ref(xs, op.attrs)
+    direct = opdef.ref(xs, op.attrs, types=[v.type for v in op.operands])
     for o, d in zip(outs, direct):
         np.testing.assert_array_equal(o, np.asarray(d))
     return m, xs, outs
@@ -82,7 +83,7 @@ def check_vjp(opdef, ex, rng=None, max_points: int = 48) -> bool:
     arrays = [[_to64(x) for x in a] if isinstance(a, list) else _to64(a) for a in arrays]
     xs = flat(arrays)
     attrs = dict(ex.attrs)
-    m, op, _ = one_op_module(opdef, arrays, attrs)
+    m, op, _ = one_op_module(opdef, arrays, attrs, ex.types(arrays))
     float_in = [i for i, x in enumerate(xs) if x.dtype == np.float64]
     float_out = [r for r in op.results if r.type.dtype is ckir.dtypes.f64]
     if not float_in or not float_out or any(r.type.dtype.is_float and r.type.dtype is not ckir.dtypes.f64
@@ -92,7 +93,8 @@ def check_vjp(opdef, ex, rng=None, max_points: int = 48) -> bool:
     t = g.terminator
     t.erase()
     cots, cot_vals = {}, []
-    ys = opdef.ref(xs, op.attrs)          # results with `?` dims take their run-time shape
+    types = [v.type for v in op.operands]
+    ys = opdef.ref(xs, op.attrs, types=types)          # results with `?` dims take their run-time shape
     for r in op.results:
         if r in float_out:
             c = rng.standard_normal(np.shape(ys[r.index]))
@@ -116,7 +118,7 @@ def check_vjp(opdef, ex, rng=None, max_points: int = 48) -> bool:
     res = ckir.compile(m)(*xs, *cot_vals)
 
     def loss(vals):
-        ys = opdef.ref(vals, op.attrs)
+        ys = opdef.ref(vals, op.attrs, types=types)
         return sum(float(np.sum(c * y)) for c, y, r in zip(cot_vals, [ys[r.index] for r in float_out], float_out))
 
     for i in float_in:

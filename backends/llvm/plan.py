@@ -183,7 +183,7 @@ class Plan:
             extra["regions"] = [interp._region_fn(r, bind) for r in op.regions]
         try:
             with np.errstate(all="ignore"):
-                outs = op.opdef.ref(arrays, resolve_attrs(op, bind), **extra)
+                outs = op.opdef.ref(arrays, resolve_attrs(op, bind), types=[v.type for v in op.operands], **extra)
         except CkirError as e:
             raise CkirError(f"{op.location()}: {e}") from None
         except (ValueError, TypeError, IndexError, FloatingPointError, ZeroDivisionError) as e:

@@ -261,7 +261,7 @@ class Importer:
                             continue
                         outs = arrays           # ints and dims stay what they are
                     else:
-                        outs = od.ref(arrays, op.attrs)
+                        outs = od.ref(arrays, op.attrs, types=[v.type for v in op.operands])
             except (CkirError, ValueError, TypeError, ArithmeticError):
                 continue
             for r, a in zip(op.results, outs):
