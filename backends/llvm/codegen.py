@@ -72,9 +72,13 @@ class Layout:
     """Where a segment finds things: value -> index into `bufs`, (value, axis) -> index into
     `dims` for dims that are not static."""
 
-    def __init__(self, buf_index: dict, dim_index: dict):
+    def __init__(self, buf_index: dict, dim_index: dict, status_index=None, op_index=None):
         self.buf_index = buf_index
         self.dim_index = dim_index
+        # where a kernel reports a run-time error (Kernel.fail): dims[status_index] gets 1 + the
+        # op's position in its segment (op_index)
+        self.status_index = status_index
+        self.op_index = op_index or {}
 
 
 class Kernel:
@@ -155,6 +159,18 @@ class Kernel:
         t = mem_type(v.type.dtype)
         p = self.b.gep(ptr if ptr is not None else self.ptr(v), [index], source_etype=t, inbounds=True)
         self.b.store(x, p)
+
+    def fail(self):
+        """Report that this op failed at run time (e.g. an index out of range). The kernel must
+        still return normally without touching memory out of bounds; the rest of the segment
+        runs (kernels stay in bounds whatever data they read), then plan.py reruns this op's
+        reference on the same operands, which raises the interpreter's error. The first op of a
+        segment that fails is the one reported."""
+        if self.layout.status_index is None or self.op not in self.layout.op_index:
+            raise CkirError(f"internal error: {self.op.opdef.name} reports a run-time error, "
+                            "but its segment has no status slot")
+        slot = self.b.gep(self.dims, [I64(self.layout.status_index)], source_etype=I64, inbounds=True)
+        self.b.cmpxchg(slot, I64(0), I64(self.layout.op_index[self.op] + 1), "monotonic", "monotonic")
 
     # --- control flow ----------------------------------------------------------------------------
     def loop(self, start, end, body, step=None):
