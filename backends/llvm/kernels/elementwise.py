@@ -156,17 +156,30 @@ def _cmp(fop, iop_signed, iop_unsigned):
     return run
 
 
-def _fmax(s, a, c):
-    """numpy maximum: a NaN on either side wins."""
+def _fmax(s, a, c, ties_first=False):
+    """numpy maximum: a NaN on either side wins; on ties (+0 vs -0) the second operand, as
+    numpy's f32/f64 loops (x86 maxps) and ml_dtypes' bfloat16 give; numpy's float16 loop
+    gives the first (`ties_first`)."""
     b = s.b
-    m = b.select(b.fcmp_unordered("uge", a, c), a, c)      # a when a >= c or a is NaN
-    return b.select(b.fcmp_unordered("uno", c, c), c, m)
+    if ties_first:
+        m = b.select(b.fcmp_unordered("uge", a, c), a, c)  # a when a >= c or a is NaN
+        return b.select(b.fcmp_unordered("uno", c, c), c, m)
+    m = b.select(b.fcmp_ordered(">", a, c), a, c)          # c when c is NaN
+    return b.select(b.fcmp_unordered("uno", a, a), a, m)
 
 
-def _fmin(s, a, c):
+def _fmin(s, a, c, ties_first=False):
     b = s.b
-    m = b.select(b.fcmp_unordered("ule", a, c), a, c)
-    return b.select(b.fcmp_unordered("uno", c, c), c, m)
+    if ties_first:
+        m = b.select(b.fcmp_unordered("ule", a, c), a, c)
+        return b.select(b.fcmp_unordered("uno", c, c), c, m)
+    m = b.select(b.fcmp_ordered("<", a, c), a, c)
+    return b.select(b.fcmp_unordered("uno", a, a), a, m)
+
+
+def _f16_ties(s) -> bool:
+    """Whether the reference runs numpy's float16 maximum/minimum (first operand on ties)."""
+    return s.in_dtypes[0] is dt.f16
 
 
 def _imax(s, a, c):
@@ -197,21 +210,22 @@ def _isign(s, x):
 
 
 def _gelu(s, x, op):
-    b = s.b
     if op.attrs["approximate"] == "tanh":
-        u = b.fmul(s.c(0.7978845608028654), b.fadd(x, b.fmul(s.c(0.044715), b.fmul(x, b.fmul(x, x)))))
-        return b.fmul(b.fmul(s.c(0.5), x), b.fadd(s.c(1.0), mathf.tanh(s, u)))
-    return b.fmul(b.fmul(s.c(0.5), x), b.fadd(s.c(1.0), mathf.erf(s, b.fmul(x, s.c(0.7071067811865476)))))
+        return mathf.gelu_tanh(s, x)
+    return mathf.gelu_erf(s, x)
 
 
 def _clip(s, x, op):
     b = s.b
     lo, hi = op.attrs["min"], op.attrs["max"]
     if s.is_float:
+        # np.maximum(x, lo) then np.minimum(.., hi): ties (+0 vs -0) go to the bound, except
+        # in numpy's float16 loops; NaN stays
+        lt, gt = ("<", ">") if _f16_ties(s) else ("<=", ">=")
         if lo is not None:
-            x = b.select(b.fcmp_ordered("<", x, s.c(lo)), s.c(lo), x)
+            x = b.select(b.fcmp_ordered(lt, x, s.c(lo)), s.c(lo), x)
         if hi is not None:
-            x = b.select(b.fcmp_ordered(">", x, s.c(hi)), s.c(hi), x)
+            x = b.select(b.fcmp_ordered(gt, x, s.c(hi)), s.c(hi), x)
         return x
     cmp = b.icmp_signed if s.signed else b.icmp_unsigned
     if lo is not None:
@@ -219,6 +233,136 @@ def _clip(s, x, op):
     if hi is not None:
         x = b.select(cmp(">", x, s.c(int(hi))), s.c(int(hi)), x)
     return x
+
+
+def _softsign(s, x):
+    return s.b.fdiv(x, s.b.fadd(s.c(1.0), mathf.fabs(s, x)))
+
+
+def _mish(s, x):
+    """x tanh(log(1 + e^x)) = x n / (n + 2) with n = e^x (e^x + 2); e^x is capped at e^20,
+    where the ratio is already 1 (and n cannot overflow)."""
+    b = s.b
+    e = mathf.exp(s, b.select(b.fcmp_ordered("<", x, s.c(20.0)), x, s.c(20.0)))
+    n = b.fmul(e, b.fadd(e, s.c(2.0)))
+    return b.fmul(x, b.fdiv(n, b.fadd(n, s.c(2.0))))
+
+
+def _clip01(s, v):
+    """np.clip(v, 0, 1): NaN stays NaN."""
+    return _fmin(s, _fmax(s, v, s.c(0.0)), s.c(1.0))
+
+
+def _hard_swish(s, x):
+    b = s.b
+    return b.fmul(x, _clip01(s, b.fadd(b.fdiv(x, s.c(6.0)), s.c(0.5))))
+
+
+def _prelu(s, x, slope):
+    b = s.b
+    if s.is_float:
+        neg = b.fcmp_ordered("<", x, s.c(0.0))
+    elif s.signed:
+        neg = b.icmp_signed("<", x, s.c(0))
+    else:
+        return x
+    return b.select(neg, b.fmul(x, slope) if s.is_float else b.mul(x, slope), x)
+
+
+def _py_mod(s, a, c):
+    """numpy's float remainder: fmod, moved to the divisor's sign; a zero takes the divisor's
+    sign; b == 0 gives fmod's NaN."""
+    b = s.b
+    m = b.frem(a, c)
+    flip = b.xor(b.fcmp_ordered("<", c, s.c(0.0)), b.fcmp_ordered("<", m, s.c(0.0)))
+    adj = b.select(flip, b.fadd(m, c), m)
+    it = I32 if s.t == F32 else I64
+    sign = b.and_(b.bitcast(c, it), ir.Constant(it, 1 << (it.width - 1)))
+    zero = b.bitcast(sign, s.t)
+    r = b.select(b.fcmp_unordered("!=", m, s.c(0.0)), adj, zero)
+    return b.select(b.fcmp_ordered("==", c, s.c(0.0)), m, r)
+
+
+def _shift(left):
+    def run(s, xs, op):
+        a, c = xs
+        b = s.b
+        w = s.t.width
+        ok = b.icmp_unsigned("<", c, s.c(w))            # negative shifts are huge unsigned
+        sh = b.select(ok, c, s.c(0))
+        if left:
+            return b.select(ok, b.shl(a, sh), s.c(0))
+        if s.signed:
+            return b.select(ok, b.ashr(a, sh), b.ashr(a, s.c(w - 1)))
+        return b.select(ok, b.lshr(a, sh), s.c(0))
+    return run
+
+
+def _elu_neg(s, x, alpha):
+    """alpha * expm1(min(x, 0)) (the x <= 0 side of elu/selu; min(-0, 0) is +0 in numpy)."""
+    return s.b.fmul(s.c(alpha), mathf.expm1(s, _fmin(s, x, s.c(0.0))))
+
+
+def _elu(s, x, op):
+    b = s.b
+    return b.select(b.fcmp_ordered(">", x, s.c(0.0)), x, _elu_neg(s, x, op.attrs["alpha"]))
+
+
+def _selu(s, x, op):
+    b = s.b
+    v = b.select(b.fcmp_ordered(">", x, s.c(0.0)), x, _elu_neg(s, x, op.attrs["alpha"]))
+    return b.fmul(s.c(op.attrs["gamma"]), v)
+
+
+def _celu(s, x, op):
+    """max(x, 0) + min(0, alpha * expm1(min(x, 0) / alpha)), operation by operation."""
+    b = s.b
+    alpha = s.c(op.attrs["alpha"])
+    neg = _fmin(s, x, s.c(0.0))
+    v = b.fmul(alpha, mathf.expm1(s, b.fdiv(neg, alpha)))
+    return b.fadd(_fmax(s, x, s.c(0.0)), _fmin(s, s.c(0.0), v))
+
+
+def _leaky_relu(s, x, op):
+    b = s.b
+    return b.select(b.fcmp_ordered("<", x, s.c(0.0)), b.fmul(s.c(op.attrs["alpha"]), x), x)
+
+
+def _thresholded_relu(s, x, op):
+    b = s.b
+    return b.select(b.fcmp_ordered(">", x, s.c(op.attrs["alpha"])), x, s.c(0.0))
+
+
+def _hard_sigmoid(s, x, op):
+    b = s.b
+    return _clip01(s, b.fadd(b.fmul(s.c(op.attrs["alpha"]), x), s.c(op.attrs["beta"])))
+
+
+def _shrink(s, x, op):
+    """Floats in their compute type; integers in f64 and truncated back, as the reference
+    (_supports only lets through attributes whose results fit the integer type)."""
+    b = s.b
+    lambd, bias = op.attrs["lambd"], op.attrs["bias"]
+    if s.is_float:
+        w, t = x, s.t
+    else:
+        w, t = (b.sitofp(x, F64) if s.signed else b.uitofp(x, F64)), F64
+    inner = b.select(b.fcmp_ordered(">", w, ir.Constant(t, lambd)), b.fsub(w, ir.Constant(t, bias)),
+                     ir.Constant(t, 0.0))
+    y = b.select(b.fcmp_ordered("<", w, ir.Constant(t, -lambd)), b.fadd(w, ir.Constant(t, bias)), inner)
+    if s.is_float:
+        return y
+    return b.trunc(b.fptosi(y, I64), s.t) if s.t.width < 64 else b.fptosi(y, I64)
+
+
+def _isinf(s, x, op):
+    b = s.b
+    r = ir.Constant(I1, 0)
+    if op.attrs["detect_positive"]:
+        r = b.or_(r, b.fcmp_ordered("==", x, s.c(float("inf"))))
+    if op.attrs["detect_negative"]:
+        r = b.or_(r, b.fcmp_ordered("==", x, s.c(float("-inf"))))
+    return r
 
 
 SCALAR = {
@@ -246,8 +390,31 @@ SCALAR = {
     "nn.mul": _f(lambda s, a, c: s.b.fmul(a, c), lambda s, a, c: s.b.mul(a, c)),
     "nn.div": _f(lambda s, a, c: s.b.fdiv(a, c)),
     "nn.pow": _f(lambda s, a, c: mathf.pow(s, a, c)),
-    "nn.maximum": _f(_fmax, _imax),
-    "nn.minimum": _f(_fmin, _imin),
+    "nn.maximum": _f(lambda s, a, c: _fmax(s, a, c, _f16_ties(s)), _imax),
+    "nn.minimum": _f(lambda s, a, c: _fmin(s, a, c, _f16_ties(s)), _imin),
+    "nn.mod": _f(_py_mod),
+    "nn.fmod": _f(lambda s, a, c: s.b.frem(a, c)),
+    "nn.prelu": lambda s, xs, op: _prelu(s, *xs),
+    "nn.asin": _f(lambda s, x: mathf.asin(s, x)),
+    "nn.acos": _f(lambda s, x: mathf.acos(s, x)),
+    "nn.atan": _f(lambda s, x: mathf.atan(s, x)),
+    "nn.tan": _f(lambda s, x: mathf.tan(s, x)),
+    "nn.sinh": _f(lambda s, x: mathf.sinh(s, x)),
+    "nn.cosh": _f(lambda s, x: mathf.cosh(s, x)),
+    "nn.asinh": _f(lambda s, x: mathf.asinh(s, x)),
+    "nn.acosh": _f(lambda s, x: mathf.acosh(s, x)),
+    "nn.atanh": _f(lambda s, x: mathf.atanh(s, x)),
+    "nn.softplus": _f(lambda s, x: mathf.softplus(s, x)),
+    "nn.softsign": _f(_softsign),
+    "nn.mish": _f(_mish),
+    "nn.hard_swish": _f(_hard_swish),
+    "nn.isnan": _f(lambda s, x: s.b.fcmp_unordered("uno", x, x)),
+    "nn.bitwise_and": lambda s, xs, op: s.b.and_(*xs),
+    "nn.bitwise_or": lambda s, xs, op: s.b.or_(*xs),
+    "nn.bitwise_xor": lambda s, xs, op: s.b.xor(*xs),
+    "nn.bitwise_not": lambda s, xs, op: s.b.not_(xs[0]),
+    "nn.shift_left": _shift(True),
+    "nn.shift_right": _shift(False),
     "nn.eq": _cmp("==", "==", "=="), "nn.ne": _cmp("!=", "!=", "!="),
     "nn.lt": _cmp("<", "<", "<"), "nn.le": _cmp("<=", "<=", "<="),
     "nn.gt": _cmp(">", ">", ">"), "nn.ge": _cmp(">=", ">=", ">="),
@@ -258,6 +425,16 @@ BOOL_OPS = {
     "nn.xor": lambda s, xs, op: s.b.xor(*xs), "nn.not": lambda s, xs, op: s.b.not_(xs[0]),
 }
 WITH_ATTRS = {"nn.gelu": lambda s, xs, op: _gelu(s, xs[0], op), "nn.clip": lambda s, xs, op: _clip(s, xs[0], op)}
+
+
+def _unary_with_attrs(f):
+    return lambda s, xs, op: f(s, xs[0], op)
+
+
+for _name, _fn in (("elu", _elu), ("selu", _selu), ("celu", _celu), ("leaky_relu", _leaky_relu),
+                   ("thresholded_relu", _thresholded_relu), ("hard_sigmoid", _hard_sigmoid),
+                   ("shrink", _shrink), ("isinf", _isinf)):
+    WITH_ATTRS["nn." + _name] = _unary_with_attrs(_fn)
 
 
 def scalar_fn(op):
@@ -359,9 +536,24 @@ def _supports(op) -> bool:
         return True
     if d.is_float:
         return True
-    # integer ops whose numpy semantics raise (division) or need care stay in the interpreter
+    if name == "nn.shrink":
+        return _int_shrink_fits(op)
+    # integer ops whose numpy semantics raise (div, mod, fmod by zero) or need care stay in
+    # the interpreter
     return name in {"nn.neg", "nn.abs", "nn.add", "nn.sub", "nn.mul", "nn.relu", "nn.sign", "nn.maximum",
-                    "nn.minimum", "nn.eq", "nn.ne", "nn.lt", "nn.le", "nn.gt", "nn.ge", "nn.where", "nn.clip"}
+                    "nn.minimum", "nn.eq", "nn.ne", "nn.lt", "nn.le", "nn.gt", "nn.ge", "nn.where", "nn.clip",
+                    "nn.prelu", "nn.bitwise_and", "nn.bitwise_or", "nn.bitwise_xor", "nn.bitwise_not",
+                    "nn.shift_left", "nn.shift_right"}
+
+
+def _int_shrink_fits(op) -> bool:
+    """Integer shrink computes in f64 and converts back; numpy's out-of-range float->int
+    conversions are platform-defined, so only attributes that keep every result in range
+    (0 <= bias <= lambd + 1: results lie in (-1, x] or [x, 1)) and types f64 holds exactly
+    compile; the rest runs in the interpreter."""
+    d = op.operands[0].type.dtype
+    lambd, bias = op.attrs["lambd"], op.attrs["bias"]
+    return d.bits <= 32 and 0.0 <= bias <= lambd + 1.0
 
 
 @emitter(*ELEMENTWISE)
