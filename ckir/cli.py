@@ -1,4 +1,4 @@
-"""The `ckir` command line: opt, run, dump, passes.
+"""The `ckir` command line: opt, run, dump, passes, generate, bench, ...
 
 A user error prints one line `error: ...` to stderr and exits 1; `--debug` shows the traceback.
 """
@@ -145,6 +145,44 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help='one line per step: {"step": .., "loss": ..}')
     _common(p)
 
+    p = sub.add_parser("generate", help="generate text with a GGUF language model",
+                       description="Load a GGUF model (llama, qwen2, qwen3, gemma3) and generate up to "
+                       "N tokens after the prompt, streaming the text to stdout. temp 0 is greedy; "
+                       "sampling applies the repetition penalty, top-k, top-p, min-p, then the "
+                       "temperature (llama.cpp's order). Stops at an end-of-generation token.")
+    p.add_argument("input", help="model file (.gguf)")
+    p.add_argument("--prompt", required=True, help="the prompt text")
+    p.add_argument("-n", type=int, default=64, help="tokens to generate (default 64)")
+    p.add_argument("--temp", type=float, default=0.0, help="temperature (default 0: greedy)")
+    p.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens (default 0: off)")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling threshold (default 1: off)")
+    p.add_argument("--min-p", type=float, default=0.0, help="drop tokens below min-p x the best (default 0: off)")
+    p.add_argument("--repeat-penalty", type=float, default=1.0,
+                   help="penalty on the last 64 tokens (default 1: off)")
+    p.add_argument("--seed", type=int, help="random seed for sampling (default: fresh entropy)")
+    p.add_argument("--threads", type=int, help="threads (llvm backend; default: all CPUs)")
+    p.add_argument("--ctx", type=int, help="context length: KV cache positions (default: the "
+                   "model's, at most 2048)")
+    p.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
+    p.add_argument("--backend", default="interp", help="backend: interp or llvm (default: interp)")
+    p.add_argument("--json", action="store_true",
+                   help='print one JSON object {"prompt_tokens", "tokens", "text", "prefill_tok_s", '
+                        '"decode_tok_s"} instead of streaming')
+    _common(p)
+
+    p = sub.add_parser("bench", help="measure prefill and decode speed of a GGUF language model",
+                       description="Load a GGUF model, prefill a prompt of --prompt-len tokens, then "
+                       "decode --gen tokens greedily; report tokens per second, peak RSS, the "
+                       "model file size and the load time.")
+    p.add_argument("input", help="model file (.gguf)")
+    p.add_argument("--prompt-len", type=int, default=128, help="prompt tokens (default 128)")
+    p.add_argument("--gen", type=int, default=64, help="tokens to generate (default 64)")
+    p.add_argument("--threads", type=int, help="threads (llvm backend; default: all CPUs)")
+    p.add_argument("--ctx", type=int, help="context length (default: prompt-len + gen)")
+    p.add_argument("--backend", default="interp", help="backend: interp or llvm (default: interp)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    _common(p)
+
     p = sub.add_parser("passes", help="list registered passes and their options",
                        description="List every registered pass (ours, entry-point plugins and "
                        "--plugin files) with its options, types and defaults.")
@@ -254,7 +292,8 @@ def cmd_dump(a) -> int:
     from .report import format_summary, summarize
     m = _load(a.input, a.passes)
     s = summarize(m, _bind(a.bind))
-    g = m.main
+    # the memory plan of @main, or of the first graph (a GGUF model has prefill, decode, score)
+    g = m.graphs.get("main") or next(iter(m.graphs.values()))
     placed = placements(g)
     if (a.arena or a.arena_svg) and not placed:
         raise CkirError("the module has no memory plan: add arena to --passes (e.g. "
@@ -347,6 +386,49 @@ def cmd_train(a) -> int:
     return 0
 
 
+def cmd_generate(a) -> int:
+    from . import llm as llm_mod
+    llm = llm_mod.load(a.input, ctx=a.ctx, backend=a.backend, threads=a.threads)
+
+    def stream(piece):
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+    out = llm.generate(a.prompt, a.n, temp=a.temp, top_k=a.top_k, top_p=a.top_p, min_p=a.min_p,
+                       repeat_penalty=a.repeat_penalty, seed=a.seed, chat=a.chat,
+                       stream=None if a.json else stream)
+    if a.json:
+        print(json.dumps(out.as_dict(), ensure_ascii=False))
+    else:
+        print()
+        print(f"[{len(out.prompt_tokens)} prompt tokens at {out.prefill_tok_s:.1f} tok/s, "
+              f"{len(out.tokens)} generated at {out.decode_tok_s:.1f} tok/s, backend {a.backend}]",
+              file=sys.stderr)
+    return 0
+
+
+def cmd_bench(a) -> int:
+    import resource
+    from . import llm as llm_mod
+    if a.prompt_len < 1 or a.gen < 1:
+        raise CkirError("--prompt-len and --gen must be positive")
+    llm = llm_mod.load(a.input, ctx=a.ctx or a.prompt_len + a.gen, backend=a.backend, threads=a.threads)
+    rng = np.random.default_rng(0)
+    prompt = rng.integers(0, llm.n_vocab, a.prompt_len).tolist()
+    out = llm.generate(prompt, a.gen, ignore_eos=True)
+    res = {"prefill_tok_s": out.prefill_tok_s, "decode_tok_s": out.decode_tok_s,
+           "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+           "model_bytes": os.path.getsize(a.input), "load_s": llm.load_s}
+    if a.json:
+        print(json.dumps(res))
+    else:
+        print(f"model {a.input} ({res['model_bytes'] / 1e6:.1f} MB), backend {a.backend}, "
+              f"loaded in {res['load_s']:.2f} s")
+        print(f"prefill {a.prompt_len} tokens: {res['prefill_tok_s']:.2f} tok/s")
+        print(f"decode {a.gen} tokens: {res['decode_tok_s']:.2f} tok/s")
+        print(f"peak RSS {res['peak_rss_bytes'] / 1e6:.1f} MB")
+    return 0
+
+
 def cmd_passes(a) -> int:
     import dataclasses
     import typing
@@ -374,7 +456,7 @@ def cmd_passes(a) -> int:
 
 COMMANDS = {"opt": cmd_opt, "run": cmd_run, "dump": cmd_dump, "compile": cmd_compile,
             "targets": cmd_targets, "export-onnx": cmd_export_onnx, "train": cmd_train,
-            "passes": cmd_passes}
+            "passes": cmd_passes, "generate": cmd_generate, "bench": cmd_bench}
 
 
 def main(argv=None) -> int:

@@ -24,11 +24,16 @@ def _load_onnx(path: str):
     return import_onnx(path)
 
 
-_BY_SUFFIX = {".ckir": _load_text, ".mlir": _load_text, ".onnx": _load_onnx}
+def _load_gguf(path: str):
+    from .gguf.models import build
+    return build(path)
+
+
+_BY_SUFFIX = {".ckir": _load_text, ".mlir": _load_text, ".onnx": _load_onnx, ".gguf": _load_gguf}
 
 
 def load(source):
-    """A Module from a path (.ckir text, .onnx), an onnx.ModelProto, or a Module."""
+    """A Module from a path (.ckir text, .onnx, .gguf), an onnx.ModelProto, or a Module."""
     from ckir.ir import Module
     if isinstance(source, Module):
         return source
