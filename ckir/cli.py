@@ -142,6 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save", metavar="CKPT", help="write a checkpoint (.npz) every 10 steps and at the end")
     p.add_argument("--resume", metavar="CKPT", help="continue from a checkpoint")
     p.add_argument("--backend", default="interp", help="backend (default: interp)")
+    p.add_argument("--remat", action="store_true",
+                   help="recompute cheap activations in the backward pass instead of keeping them")
     p.add_argument("--json", action="store_true", help='one line per step: {"step": .., "loss": ..}')
     _common(p)
 
@@ -382,7 +384,7 @@ def cmd_train(a) -> int:
     if a.steps < 1 or a.batch < 1 or a.seq < 1:
         raise CkirError("--steps, --batch and --seq must be positive")
     train(a.input, a.data, a.steps, batch=a.batch, seq=a.seq, lr=a.lr, optimizer=a.optimizer,
-          save=a.save, resume=a.resume, json_lines=a.json, backend=a.backend)
+          save=a.save, resume=a.resume, json_lines=a.json, backend=a.backend, remat=a.remat)
     return 0
 
 

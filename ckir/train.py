@@ -98,11 +98,13 @@ class Trainer:
     """
 
     def __init__(self, module: Module, *, batch: int = 8, seq: int = 64, optimizer: str = "adamw",
-                 lr: float = 1e-3, weight_decay: float = 0.0, backend: str = "interp", **options):
+                 lr: float = 1e-3, weight_decay: float = 0.0, backend: str = "interp",
+                 remat: bool = False, **options):
         self.vocab = add_next_token_loss(module, batch, seq)
         opts = ",".join([f"kind={optimizer}", f"lr={lr!r}", f"weight_decay={weight_decay!r}"] +
                         [f"{k}={v}" for k, v in options.items()])
-        run_pipeline(module, "autodiff{loss=loss},optimizer{" + opts + "},canonicalize,cse,dce")
+        run_pipeline(module, f"autodiff{{loss=loss,remat={str(remat).lower()}}},optimizer{{{opts}}},"
+                     "canonicalize,cse,dce")
         self.module = module
         self.batch, self.seq = batch, seq
         self.compiled: CompiledModule = ckir_compile(module, backend=backend)
@@ -149,13 +151,14 @@ class Trainer:
 
 def train(model_path: str, data_path: str, steps: int, *, batch: int, seq: int, lr: float,
           optimizer: str, save: str | None = None, resume: str | None = None, json_lines: bool = False,
-          backend: str = "interp", out=None, progress: bool = True) -> list[float]:
+          backend: str = "interp", remat: bool = False, out=None, progress: bool = True) -> list[float]:
     """The `ckir train` loop; returns the losses of the steps it ran."""
     import json
     import sys
     from . import load
     out = out or sys.stdout
-    t = Trainer(load(model_path), batch=batch, seq=seq, optimizer=optimizer, lr=lr, backend=backend)
+    t = Trainer(load(model_path), batch=batch, seq=seq, optimizer=optimizer, lr=lr, backend=backend,
+                remat=remat)
     data = ByteData(data_path, batch, seq)
     if resume:
         data.pos = t.load(resume)

@@ -6,6 +6,12 @@ The graph then returns its original outputs plus `grad.<name>` for every wrt wei
 and is optimized, laid out and compiled like any forward graph.
 
 `wrt` names weights or graph inputs; `params` means every float weight the graph reads.
+
+`remat=true` trades FLOPs for memory: an elementwise forward result that the backward reads is
+recomputed next to its first backward use when everything it is computed from is kept for the
+backward anyway (or is a weight, constant or input), so the forward result dies where its
+forward uses end instead of living until the backward. The copies carry `autodiff.remat` so
+cse does not merge them back.
 """
 from __future__ import annotations
 
@@ -15,7 +21,7 @@ import numpy as np
 
 from ckir.builder import Builder
 from ckir.errors import CkirError
-from ckir.ir import Graph, Module, Value
+from ckir.ir import Graph, Module, Op, Value
 from ckir.opdef import NotDifferentiable
 from ckir.pipeline import Pass, register_pass
 from ckir.types import TensorType
@@ -95,7 +101,7 @@ def backprop(ops, loss: Value, wrt: list, b: Builder) -> tuple[dict, int]:
     return ct, len(path)
 
 
-def append_gradients(module: Module, g: Graph, loss_name: str, wrt) -> dict:
+def append_gradients(module: Module, g: Graph, loss_name: str, wrt, remat: bool = False) -> dict:
     """Build the backward graph in `g`; returns statistics."""
     names = list(g.output_names)
     if not loss_name:
@@ -128,7 +134,60 @@ def append_gradients(module: Module, g: Graph, loss_name: str, wrt) -> dict:
         outs.append(grad)
         out_names.append(f"grad.{name}")
     g.set_outputs(outs, out_names)
-    return {"ops on the path": n_path, "gradients": len(tgt)}
+    stats = {"ops on the path": n_path, "gradients": len(tgt)}
+    if remat:
+        stats["ops recomputed"] = rematerialize(ops, g)
+    return stats
+
+
+_FREE = {"ckir.weight", "nn.constant"}
+
+
+def rematerialize(forward: list, g: Graph) -> int:
+    """Recompute cheap forward values in the backward part of `g` (the ops after `forward`)."""
+    fwd = set(forward)
+    inputs = set(g.inputs)
+    at = {op: float(i) for i, op in enumerate(g)}     # program order; copies get fractions
+
+    def backward_users(v):
+        return [u for u in v.users if u not in fwd and u is not g.terminator]
+
+    def place(op, before):
+        """Put `op` (new, or a copy to move earlier) right before `before`, and its copied
+        operands before it."""
+        if op.parent is not None:
+            op.parent.detach(op)
+        g.insert_before(before, op)
+        at[op] = (at[op.prev] + at[before]) / 2 if op.prev is not None else at[before] - 1
+        for v in op.operands:
+            c = v.op
+            if c is not None and c.meta and c.meta.get("autodiff.remat") and at[c] > at[op]:
+                place(c, op)
+
+    copies: dict[Value, Value] = {}
+    n = 0
+    for op in forward:
+        if ("elementwise" not in op.opdef.traits or not op.opdef.pure or op.regions
+                or len(op.results) != 1):
+            continue
+        r = op.results[0]
+        users = backward_users(r)
+        if not users or r in g.outputs:
+            continue
+        if not all(v in copies or v in inputs or (v.op is not None and v.op.opdef.name in _FREE)
+                   or backward_users(v) for v in op.operands):
+            continue
+        new = Op(op.opdef, [copies.get(v, v) for v in op.operands], [r.type], dict(op.attrs),
+                 (), "autodiff.remat")
+        new.set_meta("autodiff.remat", True)
+        place(new, min(users, key=at.__getitem__))
+        copies[r] = new.results[0]
+        for u in users:
+            for i, v in enumerate(u.operands):
+                if v is r:
+                    u.set_operand(i, new.results[0])
+        n += 1
+    return n
 
 
 @register_pass
@@ -138,8 +197,9 @@ class Autodiff(Pass):
     wrt: list[str] = dataclasses.field(default_factory=lambda: ["params"])
     loss: str = ""
     graph: str = ""
+    remat: bool = False
 
     def run(self, module):
         g = module.graph(self.graph or None)
-        for k, v in append_gradients(module, g, self.loss, self.wrt).items():
+        for k, v in append_gradients(module, g, self.loss, self.wrt, self.remat).items():
             self.stat(k, v)

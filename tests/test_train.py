@@ -86,3 +86,10 @@ def test_cli_help_and_bad_args(capsys):
     with pytest.raises(SystemExit):
         main(["train", "--help"])
     assert "--resume" in capsys.readouterr().out
+
+
+def test_remat_gives_the_same_losses(lm, capsys):
+    model, data = lm
+    args = ["train", model, "--data", data, "--steps", "4", "--batch", "2", "--seq", "16", "--lr", "0.01", "--json"]
+    plain, remat = run_json(capsys, *args), run_json(capsys, *args, "--remat")
+    np.testing.assert_allclose([r["loss"] for r in remat], [r["loss"] for r in plain], rtol=1e-6)
