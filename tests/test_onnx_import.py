@@ -58,15 +58,20 @@ def test_symbolic_dims_run_at_any_size():
         f(z=np.ones((2, 4), np.float32))
 
 
-def test_large_initializers_are_weights_small_ones_constants():
+def test_float_initializers_are_weights_small_integer_ones_constants():
+    """A float initializer is a parameter however small (a bias must get a gradient); a small
+    integer one (a shape, an axis list) is a constant passes can fold."""
     big = np.ones((20, 20), np.float32)
-    m = model([helper.make_node("Add", ["x", "big"], ["h"]), helper.make_node("Mul", ["h", "s"], ["y"])],
-              [vi("x", [20, 20])], [vi("y", [20, 20])],
-              [numpy_helper.from_array(big, "big"), numpy_helper.from_array(np.float32(2), "s")])
+    m = model([helper.make_node("Add", ["x", "big"], ["h"]), helper.make_node("Mul", ["h", "s"], ["h2"]),
+               helper.make_node("Reshape", ["h2", "shape"], ["y"])],
+              [vi("x", [20, 20])], [vi("y", [400])],
+              [numpy_helper.from_array(big, "big"), numpy_helper.from_array(np.float32(2), "s"),
+               numpy_helper.from_array(np.array([400], np.int64), "shape")])
     mod = import_onnx(m)
-    assert list(mod.weights) == ["big"]
+    assert list(mod.weights) == ["big", "s"]
     text = mod.print()
     assert "weight @big : tensor<20x20xf32> = memory" in text and "nn.constant" in text
+    assert ckir.compile(mod)(big)["y"].shape == (400,)     # the shape was known statically
 
 
 def _external_model(tmp_path, location):

@@ -38,7 +38,7 @@ ONNX_DTYPES = {
     TensorProto.INT2: dt.i2, TensorProto.UINT2: dt.u2, TensorProto.STRING: dt.string,
 }
 TO_ONNX_DTYPE = {v: k for k, v in ONNX_DTYPES.items()}
-CONSTANT_ELEMENTS = 64        # initializers up to this size become nn.constant
+CONSTANT_ELEMENTS = 64        # non-float initializers up to this size become nn.constant
 # ops that only move elements around, so they can run on shape vectors holding symbolic dims
 MOVES_ELEMENTS = {"nn.gather", "nn.concat", "nn.unsqueeze", "nn.squeeze", "nn.slice", "nn.reshape",
                   "nn.cast", "nn.split", "nn.transpose", "nn.expand", "nn.tile"}
@@ -302,8 +302,11 @@ class Importer:
         b = Builder.at_end(scope.block)
         for t in g.initializer:
             ty, data = initializer_data(t, self.base_dir)
-            # strings have no byte form to reference: they are always constants
-            if isinstance(data, np.ndarray) and (data.size <= CONSTANT_ELEMENTS or ty.dtype.is_string):
+            # strings have no byte form to reference: they are always constants. Float ones stay
+            # weights however small (a bias is a parameter: autodiff and training need it), but
+            # their values are known to the importer all the same.
+            tiny = isinstance(data, np.ndarray) and data.size <= CONSTANT_ELEMENTS
+            if tiny and not ty.dtype.is_float or ty.dtype.is_string:
                 v = b.constant(data)
                 self.known[v] = data
             else:
@@ -311,6 +314,8 @@ class Importer:
                     raise CkirError(f"initializer {t.name} is defined twice")
                 self.module.add_weight(t.name, ty, data)
                 v = b.weight(self.module, t.name)
+                if tiny:
+                    self.known[v] = data
             v.name = t.name
             scope.names[t.name] = v
 
