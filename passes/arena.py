@@ -223,18 +223,21 @@ class Arena(Pass):
             raise CkirError(f"arena: order must be auto or keep, not '{self.order}'")
         if self.align < 1 or self.align & (self.align - 1):
             raise CkirError(f"arena: align must be a power of two, not {self.align}")
-        g = module.graph(self.graph or None)
-        if self.order == "auto":
-            order = schedule(g)
-            for op in order:                     # move every op, in the new order, before the return
-                g.detach(op)
-                g.insert_before(g.terminator, op)
-        stats = plan(module, g, self.align, self.inplace)
-        for sec, s in stats.items():
-            if s["tensors"]:
-                self.stat(f"{sec} peak bytes", s["peak_bytes"])
-                self.stat(f"{sec} lower bound bytes", s["lower_bound_bytes"])
-                self.stat(f"{sec} bytes without reuse", s["no_reuse_bytes"])
+        # every graph by default: a GGUF model's prefill, decode and score graphs each get a plan
+        graphs = [module.graph(self.graph)] if self.graph else list(module.graphs.values())
+        for g in graphs:
+            if self.order == "auto":
+                order = schedule(g)
+                for op in order:                 # move every op, in the new order, before the return
+                    g.detach(op)
+                    g.insert_before(g.terminator, op)
+            stats = plan(module, g, self.align, self.inplace)
+            where = f"@{g.name} " if len(graphs) > 1 else ""
+            for sec, s in stats.items():
+                if s["tensors"]:
+                    self.stat(f"{where}{sec} peak bytes", s["peak_bytes"])
+                    self.stat(f"{where}{sec} lower bound bytes", s["lower_bound_bytes"])
+                    self.stat(f"{where}{sec} bytes without reuse", s["no_reuse_bytes"])
 
 
 # --- reading a placed graph (reports, the arena interpreter) ------------------------------------

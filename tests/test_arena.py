@@ -145,3 +145,13 @@ def test_random_graphs_arena_interpreter_equals_interpreter(case):
         got = ckir.compile(m, arena=True)(*inputs)
     for k in want:
         np.testing.assert_array_equal(got[k], want[k])
+
+
+def test_every_graph_is_planned_by_default():
+    text = str(mlp_train_module())
+    m = ckir.parse(text)
+    m.add_graph(ckir.parse(text.replace("graph @main", "graph @second")).graphs["second"])
+    pm = ckir.PassManager("arena")
+    pm.run(m)
+    assert all(placements(g) for g in m.graphs.values())
+    assert {k.split()[0] for k in pm.records[0]["statistics"]} == {"@main", "@second"}
