@@ -71,6 +71,8 @@ def check_value(arr, t, bind: dict, what: str) -> None:
                 bind[dim.name] = have
             elif b != have:
                 raise CkirError(f"{what}: dim {i} ({dim.name}) is {have}, but {dim.name} = {b} elsewhere")
+        elif dim.bound is not None and have > dim.bound:
+            raise CkirError(f"{what}: dim {i} is {have}, above its bound {dim.bound}")
 
 
 def resolve_attrs(op: Op, bind: dict) -> dict:

@@ -72,3 +72,17 @@ def test_unknown_backend():
         ckir.compile(m, backend="gpu")
     with pytest.raises(ckir.CkirError, match="compile expects a Module, got str"):
         ckir.compile("model.onnx")
+
+
+def test_anonymous_bounded_dims_are_checked():
+    """`[?<=n]` (e.g. what nn.slice_dyn gives for a slice of n) accepts any size up to n."""
+    m = ckir.parse("""module @m {
+  graph @main(%x: tensor<[?<=8]x4xf32>) -> (y: tensor<[?<=8]x4xf32>) {
+    %0 = nn.neg %x : (tensor<[?<=8]x4xf32>) -> tensor<[?<=8]x4xf32>
+    ckir.return %0 : (tensor<[?<=8]x4xf32>) -> ()
+  }
+}""")
+    f = ckir.compile(m)
+    assert f(np.ones((8, 4), np.float32))["y"].shape == (8, 4)
+    with pytest.raises(ckir.CkirError, match=r"dim 0 is 9, above its bound 8"):
+        f(np.ones((9, 4), np.float32))

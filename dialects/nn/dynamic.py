@@ -319,11 +319,17 @@ class unsqueeze_dyn:
 
 
 # --- slice --------------------------------------------------------------------------------------
+def _at_most(d):
+    """An unknown size no larger than d: `[?<=d]` (what a memory plan needs), or `?`."""
+    bound = d if type(d) is int else d.bound
+    return ANYDIM if bound is None else Sym(None, bound)
+
+
 @declare
 class slice_dyn:
     """nn.slice (ONNX Slice) with starts, ends and steps (absent: all 1) read at run time from
     1-D integer tensors with one entry per axis in `axes`; `axes` itself is static. Sliced dims
-    are `?`, the others keep their size. canonicalize rewrites it to nn.slice when starts, ends
+    are unknown sizes bounded by the input's (`[?<=n]`), the others keep their size. canonicalize rewrites it to nn.slice when starts, ends
     and steps are constants."""
     name = "nn.slice_dyn"
     operands = (Operand("x", ANY), Operand("starts", INDEX), Operand("ends", INDEX),
@@ -342,7 +348,7 @@ class slice_dyn:
         for t, what in ((starts, "starts"), (ends, "ends"), (steps, "steps")):
             if t is not None and _length(t, what) != len(ax):
                 raise ShapeError(f"{what} is {t}; it needs one entry per axis in {list(axes)}")
-        return x.with_shape([ANYDIM if i in ax and d != 0 else d for i, d in enumerate(x.shape)])
+        return x.with_shape([_at_most(d) if i in ax and d != 0 else d for i, d in enumerate(x.shape)])
 
     def ref(x, starts, ends, steps, *, axes):
         st = None if steps is None else _ints(steps, "steps")
