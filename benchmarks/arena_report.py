@@ -6,14 +6,24 @@ bytes alive at any one step) and against no reuse at all.
 Graphs: a 6-layer MiniLM-like ONNX encoder at batch 8, sequence 128; a ResNet-like ONNX CNN at
 batch 1, 3x224x224; the encoder's training graph (a mean-square loss on its output, gradients
 for every weight, via autodiff). Target: activation peak <= 1.05x the lower bound.
+
+Then the peak RSS of one encoder run (batch 8, seq 128) in a fresh process, ckir (--backend,
+default llvm) vs onnxruntime with the same threads: the whole process's peak, and the part
+above what the process held once its libraries were imported and the model loaded (run on a
+quiet machine; --skip-rss leaves it out).
 """
 from __future__ import annotations
 
+import argparse
+import json
 import os
+import subprocess
 import sys
 import tempfile
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
+
+import numpy as np  # noqa: E402
 
 import ckir  # noqa: E402
 from ckir.passes.arena import overlaps, section_stats  # noqa: E402
@@ -31,7 +41,57 @@ def add_mse_loss(m):
     g.set_outputs([loss], ["loss"])
 
 
+RSS_CHILD = r"""
+import json, os, sys
+import numpy as np
+feeds = dict(np.load({feeds!r}))
+
+def rss_now():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+if {who!r} == "ort":
+    import onnxruntime as ort
+    so = ort.SessionOptions()
+    so.intra_op_num_threads, so.inter_op_num_threads = {threads}, 1
+    sess = ort.InferenceSession({path!r}, so, providers=["CPUExecutionProvider"])
+    run = lambda: sess.run(None, feeds)
+else:
+    import ckir
+    f = ckir.compile(ckir.load({path!r}), backend={who!r},
+                     passes="specialize{{batch=8,seq=128}},canonicalize,cse,dce",
+                     **({{"threads": {threads}}} if {who!r} == "llvm" else {{}}))
+    run = lambda: f(**feeds)
+base = rss_now()
+for _ in range(3):
+    run()
+# VmHWM belongs to this exec's address space; ru_maxrss would carry the parent's peak over fork
+with open("/proc/self/status") as f:
+    hwm = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
+print(json.dumps({{"peak": hwm, "base": base}}))
+"""
+
+
+def peak_rss(who: str, path: str, threads: int) -> dict:
+    """Peak RSS of a fresh process that loads the encoder and runs it 3 times at b8 s128 (its
+    inputs come from a file: the child imports only numpy and the runtime measured)."""
+    from onnx_models import MINILM, encoder_inputs
+    feeds = path + ".inputs.npz"
+    np.savez(feeds, **encoder_inputs(8, 128, MINILM["vocab"]))
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS=str(threads))
+    code = RSS_CHILD.format(feeds=feeds, who=who, path=path, threads=threads)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    if out.returncode:
+        raise SystemExit(f"{who}: {out.stderr.strip().splitlines()[-1]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--backend", default="llvm", help="ckir backend for the RSS run (default llvm)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--skip-rss", action="store_true")
+    a = ap.parse_args()
     from onnx_models import MINILM, cnn_onnx, encoder_onnx
     tmp = tempfile.mkdtemp(prefix="ckir-arena-")
     enc = encoder_onnx(os.path.join(tmp, "minilm.onnx"), **MINILM)
@@ -55,7 +115,12 @@ def main():
             ratio = s["peak_bytes"] / s["lower_bound_bytes"] if s["lower_bound_bytes"] else 1.0
             print(f"{name:<18} {sec:<12} {mb(s['peak_bytes'])} {mb(s['lower_bound_bytes'])} "
                   f"{mb(s['no_reuse_bytes'])} {ratio:10.3f}")
-    print("GGUF decode graph: not measured (the GGUF frontend has not landed yet)")
+    if a.skip_rss:
+        return
+    ck, ort = peak_rss(a.backend, enc, a.threads), peak_rss("ort", enc, a.threads)
+    print(f"\npeak RSS, encoder b8 s128, {a.threads} threads: ckir ({a.backend}) {mb(ck['peak'])} "
+          f"(+{mb(ck['peak'] - ck['base']).strip()} over loaded), onnxruntime {mb(ort['peak'])} "
+          f"(+{mb(ort['peak'] - ort['base']).strip()} over loaded); ratio {ck['peak'] / ort['peak']:.2f}")
 
 
 if __name__ == "__main__":
