@@ -43,7 +43,7 @@ CASES = [(ckir.get_op(n), i) for n in emitter_names() for i in range(len(ckir.ge
 def test_declared_examples(opdef, i, target):
     ex = opdef.examples[i]
     arrays = ex.arrays(np.random.default_rng(i))
-    m, op, xs = one_op_module(opdef, arrays, ex.attrs)
+    m, op, xs = one_op_module(opdef, arrays, ex.attrs, ex.types(arrays))
     if find_emitter(op) is None:
         pytest.skip(f"{opdef.name} with these dtypes/attributes runs in the interpreter (no kernel)")
     compare(m, xs, target)

@@ -26,6 +26,9 @@ TASK_TY = ir.FunctionType(VOID, [PTR, I64])                  # (ctx, task index)
 # how each dtype is held in memory
 _MEM = {dt.f32: F32, dt.f64: F64, dt.f16: F16, dt.bf16: I16, dt.i64: I64, dt.i32: I32, dt.i16: I16,
         dt.i8: I8, dt.u8: I8, dt.u16: I16, dt.u32: I32, dt.u64: I64, dt.bool_: I8}
+# GGML block types are raw bytes (see ckir.dtypes); only quant.* ops take them, and their
+# emitters index the bytes themselves
+_MEM.update({d: I8 for d in dt.QUANTS})
 
 
 def mem_type(d: dt.DType) -> ir.Type:
@@ -237,9 +240,11 @@ class Kernel:
 class CodeGen:
     """One LLVM module: the segment functions of a graph and the kernels they call."""
 
-    def __init__(self, target, max_tasks: int):
+    def __init__(self, target, max_tasks: int, threads: int | None = None):
         self.target = target
         self.max_tasks = max_tasks
+        # the compiled module's own thread count, passed to the pool with every job
+        self.threads = int(threads) if threads is not None else max(1, max_tasks // 4)
         self.mod = ir.Module(name="ckir")
         self.mod.triple = target.triple
         self._n = 0
@@ -251,8 +256,17 @@ class CodeGen:
         return f"{base}.{self._n}"
 
     def parallel_for(self):
+        """A function (task_fn, ctx, ntasks) running task_fn(ctx, t) for t in [0, ntasks) on the
+        pool. It is an always-inlined wrapper passing this module's thread count to the runtime's
+        `ckir_parallel_for(task_fn, ctx, ntasks, threads)`, so the code calls only that symbol."""
         if self._pf is None:
-            self._pf = ir.Function(self.mod, ir.FunctionType(VOID, [PTR, PTR, I64]), "ckir_parallel_for")
+            rt = ir.Function(self.mod, ir.FunctionType(VOID, [PTR, PTR, I64, I32]), "ckir_parallel_for")
+            self._pf = ir.Function(self.mod, ir.FunctionType(VOID, [PTR, PTR, I64]), "ckir_parallel_for.m")
+            self._pf.linkage = "internal"
+            self._pf.attributes.add("alwaysinline")
+            b = ir.IRBuilder(self._pf.append_basic_block("entry"))
+            b.call(rt, list(self._pf.args) + [I32(self.threads)])
+            b.ret_void()
         return self._pf
 
     def declare(self, name: str, fnty: ir.FunctionType):

@@ -1,14 +1,19 @@
 """LLVM plumbing: target machines, the optimization pipeline, object code, the JIT, and the
 on-disk cache of compiled objects.
 
-Compiled code is cached under $CKIR_CACHE_DIR (default ~/.cache/ckir) keyed by a hash of the
-LLVM IR, the target and the ckir/llvmlite versions. Each entry stores the object file with its
-SHA-256; an entry whose bytes do not match is recompiled with a warning, never loaded.
+Compiled code is cached under $CKIR_CACHE_DIR (default ~/.cache/ckir; $CKIR_NO_CACHE=1 or
+cache=False turns it off) keyed by a hash of what the code is made from (for a graph: its ckir
+text, target and thread count, and the backend's own source files, so a hit skips code
+generation; for the runtime: its LLVM IR) and the ckir/llvmlite/LLVM versions. Each entry
+stores its key and the object file's SHA-256; an entry that does not match is recompiled with a
+warning, never loaded.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
+import sys
 import tempfile
 import threading
 import warnings
@@ -86,38 +91,119 @@ def cache_dir() -> str:
     return d
 
 
-def cache_key(ir_text: str, t: Target) -> str:
+def cache_disabled() -> bool:
+    """$CKIR_NO_CACHE=1 turns the disk cache off for the whole process (what --no-cache sets)."""
+    return os.environ.get("CKIR_NO_CACHE", "") not in ("", "0")
+
+
+@functools.lru_cache(maxsize=1)
+def code_version() -> str:
+    """A hash of the LLVM backend's source files (codegen, plan, runtime, kernels, ...) and the
+    type/dtype definitions: compiled code made by other emitter code must not be reused, even
+    when the ckir version number did not change (as during development)."""
+    root = os.path.dirname(os.path.abspath(__file__))
+    ckir_dir = os.path.dirname(os.path.abspath(sys.modules["ckir"].__file__))
+    files = []
+    for d, _, fs in os.walk(root):
+        files += [os.path.join(d, f) for f in fs if f.endswith(".py")]
+    files += [os.path.join(ckir_dir, f) for f in ("types.py", "dtypes.py")]
+    h = hashlib.sha256()
+    for f in sorted(files):
+        try:
+            with open(f, "rb") as fh:
+                h.update(os.path.relpath(f, root).encode() + b"\0" + fh.read() + b"\0")
+        except OSError:
+            h.update(f.encode() + b"\0missing\0")
+    return h.hexdigest()
+
+
+# environment variables that code generation reads (kernel tuning knobs): part of the key, so code
+# made under other settings is not reused
+CODEGEN_ENV_PREFIXES = ("CKIR_", "MM_", "QMB", "QR")
+_NOT_CODEGEN = ("CKIR_CACHE_DIR", "CKIR_NO_CACHE", "CKIR_ARENA_CANARY", "CKIR_DEBUG_ARENA")
+
+
+def codegen_environment() -> str:
+    return ";".join(f"{k}={v}" for k, v in sorted(os.environ.items())
+                    if k.startswith(CODEGEN_ENV_PREFIXES) and k not in _NOT_CODEGEN)
+
+
+def key_of(parts, t: Target) -> str:
+    """The cache key of code made from `parts` (strings) for target `t`, with the ckir,
+    llvmlite and LLVM versions."""
     from ckir import __version__
     h = hashlib.sha256()
-    for part in (ir_text, t.name, t.cpu, t.features, t.triple, __version__, llvmlite.__version__):
+    for part in list(parts) + [t.name, t.cpu, t.features, t.triple, __version__, llvmlite.__version__,
+                               ".".join(map(str, llvm.llvm_version_info))]:
         h.update(part.encode())
         h.update(b"\0")
     return h.hexdigest()
 
 
+def cache_key(ir_text: str, t: Target) -> str:
+    return key_of([ir_text], t)
+
+
+_MAGIC = b"CKIRO1\n"
+
+
 def object_code(ir_text: str, t: Target, use_cache: bool = True) -> tuple[bytes, bool]:
     """Object code for `ir_text` on `t`; (bytes, whether it came from the cache)."""
-    key = cache_key(ir_text, t)
-    path = os.path.join(cache_dir(), key[:2], key + ".o") if use_cache else None
-    if path and os.path.exists(path):
+    return object_code_for(cache_key(ir_text, t), lambda: ir_text, t, use_cache)
+
+
+def object_code_for(key: str, make_ir, t: Target, use_cache: bool = True) -> tuple[bytes, bool]:
+    """Object code cached under `key`; on a miss, `make_ir()` gives the LLVM IR to compile.
+    (bytes, whether it came from the cache).
+
+    An entry is MAGIC, the key (64 hex digits), the SHA-256 of the object (64 hex digits), then
+    the object. It is used only if the magic, the key and the hash all match; otherwise the code
+    is recompiled with a warning and the entry replaced. Entries are written to a temporary file
+    and renamed, so a concurrent reader never sees half an entry; a cache that cannot be written
+    (read-only, full) only costs a warning."""
+    use_cache = use_cache and not cache_disabled()
+    path = None
+    if use_cache:
         try:
-            with open(path, "rb") as f:
-                blob = f.read()
-            digest, obj = blob[:64].decode("ascii"), blob[64:]
-            if hashlib.sha256(obj).hexdigest() == digest:
-                return obj, True
-            warnings.warn(f"ckir: cache entry {path} is corrupt; recompiling", RuntimeWarning, stacklevel=2)
-        except (OSError, UnicodeDecodeError):
-            warnings.warn(f"ckir: cache entry {path} is unreadable; recompiling", RuntimeWarning, stacklevel=2)
-    mod = optimize(ir_text, t)
+            path = os.path.join(cache_dir(), key[:2], key + ".obj")
+        except OSError as e:
+            warnings.warn(f"ckir: cache directory unusable ({e}); compiling without the cache",
+                          RuntimeWarning, stacklevel=3)
+    if path and os.path.exists(path):
+        obj = _read_entry(path, key)
+        if obj is not None:
+            return obj, True
+    mod = optimize(make_ir(), t)
     obj = target_machine(t).emit_object(mod)
     if path:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-")
-        with os.fdopen(fd, "wb") as f:
-            f.write(hashlib.sha256(obj).hexdigest().encode("ascii") + obj)
-        os.replace(tmp, path)
+        try:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-")
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    f.write(_MAGIC + key.encode("ascii") + hashlib.sha256(obj).hexdigest().encode("ascii") + obj)
+                os.replace(tmp, path)
+            except BaseException:
+                os.unlink(tmp)
+                raise
+        except OSError as e:
+            warnings.warn(f"ckir: could not write cache entry {path}: {e}", RuntimeWarning, stacklevel=3)
     return obj, False
+
+
+def _read_entry(path: str, key: str) -> bytes | None:
+    try:
+        with open(path, "rb") as f:
+            blob = f.read()
+    except OSError as e:
+        warnings.warn(f"ckir: cache entry {path} is unreadable ({e}); recompiling", RuntimeWarning, stacklevel=4)
+        return None
+    n = len(_MAGIC)
+    head, stored_key, digest, obj = blob[:n], blob[n:n + 64], blob[n + 64:n + 128], blob[n + 128:]
+    if head == _MAGIC and stored_key == key.encode("ascii") and hashlib.sha256(obj).hexdigest().encode("ascii") == digest:
+        return obj
+    warnings.warn(f"ckir: cache entry {path} is corrupt; recompiling", RuntimeWarning, stacklevel=4)
+    return None
 
 
 class Engine:

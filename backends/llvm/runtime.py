@@ -1,10 +1,34 @@
 """The native runtime: a persistent thread pool, written in LLVM IR and compiled once per process.
 
 Workers are started once (pthreads) and sleep on a futex between jobs. A job is
-`ckir_parallel_for(task, ctx, n)`: task(ctx, i) runs for i in [0, n), handed out by an atomic
-counter to the calling thread and to the first `threads - 1` workers; the call returns when all
-tasks are done. Kernels use it for their outer loops, so a whole graph runs in one native call
-with no Python between ops.
+`ckir_parallel_for(task, ctx, n, threads)`: task(ctx, i) runs once for each i in [0, n), on the
+calling thread and on at most `threads - 1` workers; the call returns when all n tasks are done.
+Kernels use it for their outer loops, so a whole graph runs in one native call with no Python
+between ops. `threads` is the compiled module's own thread count (codegen passes it as a
+constant), so modules compiled with different `threads=` each use their own count; the pool is
+shared and grows to the largest count asked for.
+
+How a job is handed out (the invariants the code relies on):
+- `claim` is one 64-bit word: generation << 32 | next task index. A task is taken by a CAS from
+  (g, i) to (g, i + 1), so a claim is only valid in the generation it was read in.
+- The job description (task, ctx, ntasks, limit) is written only while the claim word's index is
+  CLOSED (0xFFFFFFFF, never below ntasks): the caller first closes the old generation, then writes
+  the description (release stores), then opens (g + 1, 0). A helper reads the claim word, then the
+  description (acquire loads), then CASes: if it read a newer description, the CLOSED store
+  happened before its CAS, so the CAS fails and nothing runs with a mixed-up description.
+- `done` counts completed tasks of the current generation; only a thread whose claim succeeded
+  increments it, and the caller returns when done == ntasks (not when some set of workers has
+  checked in), so a worker that wakes late finds the generation closed or moved on and does
+  nothing, and never delays or corrupts a later job.
+- One job at a time: `busy` is taken by CAS. A caller that finds the pool busy (another Python
+  thread calling another compiled module at the same time, or a task that itself calls
+  ckir_parallel_for) runs its tasks inline on its own thread: correct, just not parallel.
+- Sleeping: a worker spins a while on `wake` (bumped once per job) and then futex-waits; the
+  caller does the futex wake syscall only when some worker is asleep (`sleepers`, a Dekker-style
+  handshake with seq_cst operations), and likewise sleeps on `done` only after spinning, with
+  `caller_sleeping` telling the last finisher to wake it.
+Generations are 32-bit; a worker would have to stall across exactly 2^32 jobs between reading the
+claim word and its CAS for a stale claim to succeed.
 """
 from __future__ import annotations
 
@@ -19,6 +43,7 @@ from .target import Target
 
 MAX_WORKERS = 255
 _FUTEX = {"x86_64": 202, "aarch64": 98}
+_SPINS = 20000
 
 
 def runtime_ir(t: Target) -> str:
@@ -29,15 +54,17 @@ def runtime_ir(t: Target) -> str:
     return f"""
 target triple = "{t.triple}"
 
-@gen = internal global i32 0, align 64
-@pending = internal global i32 0, align 64
-@next = internal global i64 0, align 64
-@task = internal global ptr null
-@ctx = internal global ptr null
-@ntasks = internal global i64 0
-@participants = internal global i32 0
-@nworkers = internal global i32 0
-@threads = internal global i32 1
+@claim = internal global i64 0, align 64
+@done = internal global i32 0, align 64
+@wake = internal global i32 0, align 64
+@sleepers = internal global i32 0, align 64
+@caller_sleeping = internal global i32 0, align 64
+@busy = internal global i32 0, align 64
+@task = internal global ptr null, align 64
+@ctx = internal global ptr null, align 8
+@ntasks = internal global i64 0, align 8
+@limit = internal global i32 0, align 8
+@nworkers = internal global i32 0, align 64
 
 declare i64 @syscall(i64, ...)
 declare i32 @pthread_create(ptr, ptr, ptr, ptr)
@@ -54,66 +81,80 @@ define internal void @futex_wake(ptr %addr, i32 %n) {{
   ret void
 }}
 
-define internal void @run_tasks() {{
+; claim and run tasks of the current generation until none is left (or this thread, a worker
+; with index >= limit, is not one the job may use). The caller helps with index -1.
+define internal void @help(i32 %index) {{
 entry:
-  %fn = load ptr, ptr @task
-  %c = load ptr, ptr @ctx
-  %n = load i64, ptr @ntasks
   br label %loop
 loop:
-  %i = atomicrmw add ptr @next, i64 1 acq_rel
-  %more = icmp slt i64 %i, %n
-  br i1 %more, label %body, label %done
-body:
+  %w = load atomic i64, ptr @claim acquire, align 8
+  %fn = load atomic ptr, ptr @task acquire, align 8
+  %c = load atomic ptr, ptr @ctx acquire, align 8
+  %n = load atomic i64, ptr @ntasks acquire, align 8
+  %lim = load atomic i32, ptr @limit acquire, align 4
+  %i = and i64 %w, 4294967295
+  %has = icmp ult i64 %i, %n
+  %allowed = icmp slt i32 %index, %lim
+  %go = and i1 %has, %allowed
+  br i1 %go, label %try, label %out
+try:
+  %w1 = add i64 %w, 1
+  %r = cmpxchg ptr @claim, i64 %w, i64 %w1 acq_rel acquire
+  %ok = extractvalue {{ i64, i1 }} %r, 1
+  br i1 %ok, label %run, label %loop
+run:
   call void %fn(ptr %c, i64 %i)
+  %old = atomicrmw add ptr @done, i32 1 seq_cst
+  %new = add i32 %old, 1
+  %nt = trunc i64 %n to i32
+  %last = icmp eq i32 %new, %nt
+  br i1 %last, label %notify, label %loop
+notify:
+  %sl = load atomic i32, ptr @caller_sleeping seq_cst, align 4
+  %asleep = icmp ne i32 %sl, 0
+  br i1 %asleep, label %wakec, label %loop
+wakec:
+  call void @futex_wake(ptr @done, i32 1)
   br label %loop
-done:
+out:
   ret void
 }}
 
 define internal ptr @worker(ptr %arg) {{
 entry:
   %index = ptrtoint ptr %arg to i32
-  %g0 = load atomic i32, ptr @gen acquire, align 4
-  br label %wait
-wait:
-  %seen = phi i32 [ %g0, %entry ], [ %seen, %sleep ], [ %g, %skip ], [ %g, %ran ]
-  %spins = phi i32 [ 0, %entry ], [ 0, %sleep ], [ 0, %skip ], [ 0, %ran ]
+  br label %top
+top:
+  %s = load atomic i32, ptr @wake acquire, align 4
+  call void @help(i32 %index)
   br label %spin
 spin:
-  %k = phi i32 [ %spins, %wait ], [ %k1, %again ]
-  %g = load atomic i32, ptr @gen acquire, align 4
-  %same = icmp eq i32 %g, %seen
-  br i1 %same, label %again, label %work
+  %k = phi i32 [ 0, %top ], [ %k1, %again ]
+  %g = load atomic i32, ptr @wake acquire, align 4
+  %same = icmp eq i32 %g, %s
+  br i1 %same, label %again, label %top
 again:
   %k1 = add i32 %k, 1
   {pause}
-  %long = icmp sgt i32 %k1, 20000
+  %long = icmp sgt i32 %k1, {_SPINS}
   br i1 %long, label %sleep, label %spin
 sleep:
-  call void @futex_wait(ptr @gen, i32 %seen)
-  br label %wait
-work:
-  %p = load i32, ptr @participants
-  %mine = icmp slt i32 %index, %p
-  br i1 %mine, label %run, label %skip
-skip:
-  br label %wait
-run:
-  call void @run_tasks()
-  %old = atomicrmw sub ptr @pending, i32 1 acq_rel
-  %last = icmp eq i32 %old, 1
-  br i1 %last, label %wake, label %ran
-wake:
-  call void @futex_wake(ptr @pending, i32 1)
-  br label %ran
-ran:
-  br label %wait
+  %sl0 = atomicrmw add ptr @sleepers, i32 1 seq_cst
+  %g2 = load atomic i32, ptr @wake seq_cst, align 4
+  %still = icmp eq i32 %g2, %s
+  br i1 %still, label %block, label %woke
+block:
+  call void @futex_wait(ptr @wake, i32 %s)
+  br label %woke
+woke:
+  %sl1 = atomicrmw sub ptr @sleepers, i32 1 seq_cst
+  br label %top
 }}
 
-; start workers so that `threads` threads (the caller included) can run jobs
+; start workers so that `threads` threads (the caller included) can run jobs; never shrinks
 define i32 @ckir_set_threads(i32 %threads) {{
 entry:
+  %tid = alloca i64
   %want = sub i32 %threads, 1
   br label %check
 check:
@@ -121,7 +162,6 @@ check:
   %enough = icmp sge i32 %have, %want
   br i1 %enough, label %done, label %spawn
 spawn:
-  %tid = alloca i64
   %argp = inttoptr i32 %have to ptr
   %rc = call i32 @pthread_create(ptr %tid, ptr null, ptr @worker, ptr %argp)
   %ok = icmp eq i32 %rc, 0
@@ -130,24 +170,93 @@ started:
   %t = load i64, ptr %tid
   %d = call i32 @pthread_detach(i64 %t)
   %h1 = add i32 %have, 1
-  store i32 %h1, ptr @nworkers
+  store atomic i32 %h1, ptr @nworkers release, align 4
   br label %check
 fail:
   ret i32 %rc
 done:
-  store i32 %threads, ptr @threads
   ret i32 0
 }}
 
-define void @ckir_parallel_for(ptr %fn, ptr %c, i64 %n) {{
+define i32 @ckir_workers() {{
+  %n = load atomic i32, ptr @nworkers acquire, align 4
+  ret i32 %n
+}}
+
+define void @ckir_parallel_for(ptr %fn, ptr %c, i64 %n, i32 %threads) {{
 entry:
-  %t = load i32, ptr @threads
-  %workers = sub i32 %t, 1
-  %nw = sext i32 %workers to i64
-  %small = icmp sle i64 %n, 1
-  %alone = icmp sle i32 %workers, 0
-  %serial = or i1 %small, %alone
-  br i1 %serial, label %inline, label %parallel
+  %few = icmp sle i64 %n, 1
+  %alone = icmp sle i32 %threads, 1
+  %huge = icmp sgt i64 %n, 2147483647
+  %s0 = or i1 %few, %alone
+  %s1 = or i1 %s0, %huge
+  br i1 %s1, label %inline, label %take
+take:
+  %b = cmpxchg ptr @busy, i32 0, i32 1 acquire monotonic
+  %got = extractvalue {{ i32, i1 }} %b, 1
+  br i1 %got, label %size, label %inline
+size:
+  %nw = load atomic i32, ptr @nworkers acquire, align 4
+  %tm1 = sub i32 %threads, 1
+  %lt = icmp slt i32 %tm1, %nw
+  %w0 = select i1 %lt, i32 %tm1, i32 %nw
+  %nm1 = sub i64 %n, 1
+  %nm1i = trunc i64 %nm1 to i32
+  %lt2 = icmp slt i32 %nm1i, %w0
+  %lim = select i1 %lt2, i32 %nm1i, i32 %w0
+  %none = icmp sle i32 %lim, 0
+  br i1 %none, label %unbusy_inline, label %publish
+unbusy_inline:
+  store atomic i32 0, ptr @busy release, align 4
+  br label %inline
+publish:
+  %old = load atomic i64, ptr @claim monotonic, align 8
+  %gen = lshr i64 %old, 32
+  %gen1 = add i64 %gen, 1
+  %hi = shl i64 %gen1, 32
+  %closed = or i64 %hi, 4294967295
+  store atomic i64 %closed, ptr @claim seq_cst, align 8
+  store atomic ptr %fn, ptr @task release, align 8
+  store atomic ptr %c, ptr @ctx release, align 8
+  store atomic i64 %n, ptr @ntasks release, align 8
+  store atomic i32 %lim, ptr @limit release, align 4
+  store atomic i32 0, ptr @done release, align 4
+  store atomic i64 %hi, ptr @claim release, align 8
+  %wk = atomicrmw add ptr @wake, i32 1 seq_cst
+  %sleeping = load atomic i32, ptr @sleepers seq_cst, align 4
+  %any = icmp sgt i32 %sleeping, 0
+  br i1 %any, label %wakeup, label %work
+wakeup:
+  call void @futex_wake(ptr @wake, i32 2147483647)
+  br label %work
+work:
+  call void @help(i32 -1)
+  %nt = trunc i64 %n to i32
+  br label %wait
+wait:
+  %k = phi i32 [ 0, %work ], [ %k1, %spin ], [ 0, %slept ]
+  %d = load atomic i32, ptr @done acquire, align 4
+  %fin = icmp eq i32 %d, %nt
+  br i1 %fin, label %finish, label %spin
+spin:
+  %k1 = add i32 %k, 1
+  {pause}
+  %long = icmp sgt i32 %k1, {_SPINS}
+  br i1 %long, label %sleep, label %wait
+sleep:
+  store atomic i32 1, ptr @caller_sleeping seq_cst, align 4
+  %d2 = load atomic i32, ptr @done seq_cst, align 4
+  %fin2 = icmp eq i32 %d2, %nt
+  br i1 %fin2, label %slept, label %block
+block:
+  call void @futex_wait(ptr @done, i32 %d2)
+  br label %slept
+slept:
+  store atomic i32 0, ptr @caller_sleeping seq_cst, align 4
+  br label %wait
+finish:
+  store atomic i32 0, ptr @busy release, align 4
+  ret void
 inline:
   br label %iloop
 iloop:
@@ -160,44 +269,16 @@ ibody:
   br label %iloop
 idone:
   ret void
-parallel:
-  %fewer = icmp slt i64 %n, %nw
-  %nm1 = trunc i64 %n to i32
-  %nm = sub i32 %nm1, 1
-  %p = select i1 %fewer, i32 %nm, i32 %workers
-  store ptr %fn, ptr @task
-  store ptr %c, ptr @ctx
-  store i64 %n, ptr @ntasks
-  store atomic i64 0, ptr @next release, align 8
-  store i32 %p, ptr @participants
-  store atomic i32 %p, ptr @pending release, align 4
-  %g = atomicrmw add ptr @gen, i32 1 acq_rel
-  call void @futex_wake(ptr @gen, i32 2147483647)
-  call void @run_tasks()
-  br label %wait
-wait:
-  %k = phi i32 [ 0, %parallel ], [ %k1, %spin ], [ 0, %sleep ]
-  %left = load atomic i32, ptr @pending acquire, align 4
-  %finished = icmp eq i32 %left, 0
-  br i1 %finished, label %done, label %spin
-spin:
-  %k1 = add i32 %k, 1
-  {pause}
-  %long = icmp sgt i32 %k1, 20000
-  br i1 %long, label %sleep, label %wait
-sleep:
-  call void @futex_wait(ptr @pending, i32 %left)
-  br label %wait
-done:
-  ret void
 }}
 """
 
 
 class Runtime:
-    """The process-wide runtime for one target: its compiled code and exported symbols."""
+    """The process-wide runtime: its compiled code and exported symbols. There is one pool per
+    process whatever the targets of the compiled modules (the pool's code is plain scalar code;
+    compiled modules find `ckir_parallel_for` by name, and LLVM's symbol table is global)."""
     _lock = threading.Lock()
-    _by_target: dict = {}
+    _instance: Runtime | None = None
 
     def __init__(self, t: Target):
         obj, _ = jit.object_code(runtime_ir(t), t)
@@ -205,22 +286,33 @@ class Runtime:
         self.parallel_for = self.engine.address("ckir_parallel_for")
         self._set_threads = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_int32)(
             self.engine.address("ckir_set_threads"))
-        # compiled graphs call the pool by name
+        self._workers = ctypes.CFUNCTYPE(ctypes.c_int32)(self.engine.address("ckir_workers"))
         llvm.add_symbol("ckir_parallel_for", self.parallel_for)
 
     @classmethod
-    def get(cls, t: Target) -> Runtime:
+    def get(cls, t: Target | None = None) -> Runtime:
+        """The runtime (`t` is accepted for compatibility; the pool is built for the host's
+        plain target, which every runnable target can call)."""
         with cls._lock:
-            rt = cls._by_target.get(t.name)
-            if rt is None:
-                rt = cls._by_target[t.name] = Runtime(t)
-            return rt
+            if cls._instance is None:
+                from .target import make_target
+                cls._instance = Runtime(make_target("scalar"))
+            return cls._instance
 
-    def set_threads(self, n: int) -> None:
+    def ensure_threads(self, n: int) -> None:
+        """Start workers (once) so that jobs may use `n` threads, the caller included."""
         n = max(1, min(int(n), MAX_WORKERS + 1))
-        rc = self._set_threads(n)
+        with Runtime._lock:
+            rc = self._set_threads(n)
         if rc != 0:
             raise OSError(rc, f"could not start {n - 1} worker threads: {os.strerror(rc)}")
+
+    # the old name: before thread counts were per compiled module, this set the process-wide count;
+    # now it only makes sure the workers exist (each module uses its own threads=)
+    set_threads = ensure_threads
+
+    def workers(self) -> int:
+        return int(self._workers())
 
 
 def default_threads() -> int:
