@@ -197,6 +197,117 @@ class Blocks(Arg):
         return random_blocks(self.dtype, self.shape, rng, self.low, self.high)
 
 
+def _int_parts(b, d):
+    """The integer form of blocks b [n, block_bytes] of type d, as llama.cpp's dot products use
+    it: (q, sc, mn, dw, mw, group) with q int32 [n, block_size] the quantized values, sc/mn int32
+    [n, block_size/group] the sub-block scales and mins (mn None when the type has none), dw f32
+    [n] the block scale and mw f32 [n] the min's scale (d for the K-quants' mins, the additive m
+    of q4_1/q5_1; None when absent). A block decodes to dw*sc*q - mw*mn (K-quants) or
+    dw*q + mw (q4_1, q5_1)."""
+    n = b.shape[0]
+    i32 = np.int32
+    one = np.ones((n, 1), i32)
+
+    def f16(at):
+        return _f16(b, at)[:, 0]
+    if d is dt.q4_0:
+        return _nibbles(b[:, 2:18]).astype(i32) - 8, one, None, f16(0), None, 32
+    if d is dt.q4_1:
+        return _nibbles(b[:, 4:20]).astype(i32), one, None, f16(0), f16(2), 32
+    if d is dt.q5_0:
+        q = (_nibbles(b[:, 6:22]) | (_bits(b[:, 2:6], 32) << 4)).astype(i32) - 16
+        return q, one, None, f16(0), None, 32
+    if d is dt.q5_1:
+        q = (_nibbles(b[:, 8:24]) | (_bits(b[:, 4:8], 32) << 4)).astype(i32)
+        return q, one, None, f16(0), f16(2), 32
+    if d is dt.q8_0:
+        return b[:, 2:34].view(np.int8).astype(i32), one, None, f16(0), None, 32
+    if d is dt.q2_k:
+        sc = b[:, 0:16]
+        return (_crumbs(b[:, 16:80]).astype(i32), (sc & 0x0F).astype(i32), (sc >> 4).astype(i32),
+                f16(80), f16(82), 16)
+    if d is dt.q3_k:
+        s = b[:, 96:108]
+        low = np.concatenate([s[:, 0:8] & 0x0F, s[:, 0:8] >> 4], axis=1)
+        high = ((s[:, None, 8:12] >> _SHIFT2[0]) & 3).reshape(n, 16)
+        hbit = ((b[:, None, 0:32] >> _BIT8) & 1).reshape(n, 256)
+        q = _crumbs(b[:, 32:96]).astype(i32) - 4 * (1 - hbit.astype(i32))
+        return q, (low | (high << 4)).astype(i32) - 32, None, f16(108), None, 16
+    if d in (dt.q4_k, dt.q5_k):
+        sc, mn = _scale_min_k4(b[:, 4:16])
+        if d is dt.q4_k:
+            q = _q4_k_low(b[:, 16:144]).astype(i32)
+        else:
+            q = _q4_k_low(b[:, 48:176]).astype(i32) + (((b[:, None, 16:48] >> _BIT8) & 1).astype(i32) << 4)
+        return q.reshape(n, 256), sc.astype(i32), mn.astype(i32), f16(0), f16(2), 32
+    if d is dt.q6_k:
+        ql = b[:, 0:128].reshape(n, 2, 2, 32)
+        low = np.stack([ql[:, :, 0] & 0x0F, ql[:, :, 1] & 0x0F, ql[:, :, 0] >> 4, ql[:, :, 1] >> 4], axis=2)
+        high = (b[:, 128:192].reshape(n, 2, 1, 32) >> _SHIFT2) & 3
+        q = (low | (high << 4)).astype(i32).reshape(n, 256) - 32
+        return q, b[:, 192:208].view(np.int8).astype(i32), None, f16(208), None, 16
+    d8 = np.ascontiguousarray(b[:, 0:4]).view("<f4").astype(F32)[:, 0]
+    return b[:, 4:260].view(np.int8).astype(i32), one, None, d8, None, 256
+
+
+def quantize_act(x: np.ndarray, block: int):
+    """Activation rows x f32 [R, K] as llama.cpp's x86 code quantizes them for the dot products:
+    block 32 (q8_0 / q8_1: d = amax/127 stored as f16, q = round-half-even(x * (127/amax)),
+    s = f16(d * sum(q))) or block 256 (q8_K: with `mx` the first element of largest magnitude,
+    q = min(127, round-half-even(x * (-127/mx))), d = 1/(-127/mx) in f32). Returns q int32
+    [R, K], d f32 [R, K/block], s f32 [R, K/block] (block 32 only, else None)."""
+    r, k = x.shape
+    xb = x.astype(F32).reshape(r, k // block, block)
+    ax = np.abs(xb)
+    if block == 32:
+        amax = ax.max(axis=-1)
+        d = amax / F32(127)
+        with np.errstate(divide="ignore"):
+            inv = np.where(amax != 0, F32(127) / amax, F32(0)).astype(F32)
+        q = np.rint(xb * inv[..., None]).astype(np.int32)
+        s = (d * q.sum(axis=-1).astype(F32)).astype(np.float16).astype(F32)
+        return q.reshape(r, k), d.astype(np.float16).astype(F32), s
+    mx = np.take_along_axis(xb, ax.argmax(axis=-1)[..., None], axis=-1)[..., 0]
+    with np.errstate(divide="ignore"):
+        iscale = np.where(mx != 0, F32(-127) / mx, F32(0)).astype(F32)
+        d = np.where(mx != 0, F32(1) / iscale, F32(0)).astype(F32)
+    q = np.minimum(np.rint(xb * iscale[..., None]), 127).astype(np.int32)
+    return q.reshape(r, k), d, None
+
+
+def _matmul_q8(x: np.ndarray, w: np.ndarray, d) -> np.ndarray:
+    """act="q8": x [R, K] f32 quantized per row (quantize_act; q8_0/q8_1 blocks for the 32-element
+    types, q8_K for the K-quants and q8_k), then per weight block an exact integer dot product
+    scaled in f32 as llama.cpp does: f32(dw*da)*isum + f32(mw*s) (q4_1, q5_1) or
+    f32(dw*da)*isum - f32(mw*da)*msum (K-quants), isum = sum over sub-blocks of sc * sum(q*qa),
+    msum = sum over sub-blocks of mn * sum(qa); the block terms are summed in f64 and rounded
+    to f32 once."""
+    nw, kb = w.shape[0], w.shape[1] // d.block_bytes
+    q, sc, mn, dw, mw, g = _int_parts(np.ascontiguousarray(w).reshape(-1, d.block_bytes), d)
+    bs = d.block_size
+    qa, da, sa = quantize_act(x, bs)
+    r = x.shape[0]
+    # integer sums as f64 matmuls over each block: every product and partial sum is an integer
+    # below 2^53, so they are exact
+    qs = (q.reshape(nw, kb, bs // g, g) * sc.reshape(nw, kb, -1, 1)).astype(np.float64)
+    qa = qa.reshape(r, kb, bs // g, g).astype(np.float64)
+    isum = np.matmul(qa.reshape(r, kb, bs).transpose(1, 0, 2), qs.reshape(nw, kb, bs).transpose(1, 2, 0))
+    isum = isum.transpose(1, 2, 0).astype(F32)                      # [r, n, kb]
+    dw = dw.reshape(nw, kb)
+    dd = (dw[None] * da[:, None]).astype(F32)                     # [r, n, kb]
+    terms = (dd * isum).astype(np.float64)
+    if mw is not None:
+        mw = mw.reshape(nw, kb)
+        if mn is None:                                                # q4_1, q5_1: + m * s
+            terms += (mw[None] * sa[:, None]).astype(F32)
+        else:
+            msum = np.matmul(qa.sum(axis=-1).transpose(1, 0, 2),
+                             mn.reshape(nw, kb, -1).astype(np.float64).transpose(1, 2, 0))
+            msum = msum.transpose(1, 2, 0).astype(F32)
+            terms -= ((mw[None] * da[:, None]).astype(F32) * msum).astype(F32)
+    return terms.sum(axis=-1).astype(F32)
+
+
 def _check_to(to):
     if to not in RESULTS:
         raise ShapeError(f"to must be f32, f16, bf16 or f64, got {to}")
@@ -243,20 +354,37 @@ class matmul:
     float [..., K] (f32, f16, bf16 or f64; rank 1 is one row) and w a block-quantized [N, K]
     (one row per output feature, blocks along K); y is [..., N] in x's dtype. The reference
     decodes w as quant.dequantize does and multiplies in f32 (f64 for f64 x), rounding
-    f16/bf16 results once. Cost: 2*M*N*K FLOPs for the products plus 2*N*K for decoding;
+    f16/bf16 results once. With act="q8" (f32, f16 and bf16 x; f64 x is always exact) the
+    result is llama.cpp's instead (its x86 CPU code), so that kernels may use 8-bit integer dot
+    products: each row of x, in f32, is quantized per block of 32 (for q4_0 ... q8_0: amax =
+    max|x|, qa = round-half-even(x * (127/amax)), da = f16(amax/127), s = f16(amax/127 *
+    sum(qa))) or of 256 (K-quants and q8_k: mx = the first x of largest magnitude, qa =
+    min(127, round-half-even(x * (-127/mx))), da = 1/(-127/mx)); each weight block, with
+    quantized values q, sub-block scales sc and mins mn (as in its decoding: value = d*sc*q -
+    dmin*mn, or d*q + m for q4_1/q5_1), then contributes f32(d*da) * isum + f32(m*s) (q4_1,
+    q5_1) or f32(d*da) * isum - f32(dmin*da) * msum (K-quants), with the exact integers isum =
+    sum(sc*q*qa) and msum = sum over sub-blocks of mn*sum(qa); block terms are summed exactly
+    and rounded to f32 once. This differs from the exact result by the activations' rounding
+    (at most half a step, amax/254, per element of x).
+    Cost: 2*M*N*K FLOPs for the products plus 2*N*K for decoding;
     bytes read are x's plus w's quantized bytes. Gradient: x gets g @ dequantize(w); w gets
     none (quantized weights are not differentiable)."""
     name = "quant.matmul"
     operands = (Operand("x", RESULTS), Operand("w", QUANT))
+    attrs = (Attr("act", "str", "f32", choices=("f32", "q8"),
+                  doc="f32: exact (x times the decoded weights in f32); q8: quantize each row of "
+                      "x to 8-bit blocks first, as llama.cpp does (see the op doc)"),)
     traits = {"pure"}
-    examples = (Ex("f32[3,64]", Blocks("q4_0[5,64]")), Ex("f32[32]", Blocks("q8_0[3,32]")),
+    examples = (Ex("f32[3,64]", Blocks("q4_0[5,64]"), act="q8"), Ex("f32[2,256]", Blocks("q4_k[3,256]"), act="q8"),
+                Ex("f32[32]", Blocks("q4_1[3,32]"), act="q8"), Ex("bf16[2,256]", Blocks("q6_k[2,256]"), act="q8"),
+                Ex("f32[3,64]", Blocks("q4_0[5,64]")), Ex("f32[32]", Blocks("q8_0[3,32]")),
                 Ex("f16[2,2,256]", Blocks("q4_k[3,256]")), Ex("bf16[1,256]", Blocks("q6_k[2,256]")),
                 Ex("f32[2,64]", Blocks("q5_1[4,64]")), Ex("f32[4,256]", Blocks("q2_k[2,256]")),
                 Ex("f32[2,256]", Blocks("q3_k[3,256]")), Ex("f32[1,256]", Blocks("q5_k[2,256]")),
                 Ex("f32[2,32]", Blocks("q4_1[3,32]")), Ex("f32[3,32]", Blocks("q5_0[2,32]")),
                 Ex("f32[2,256]", Blocks("q8_k[2,256]")))
 
-    def infer(x, w):
+    def infer(x, w, *, act):
         _table(w, "w")
         if x.rank < 1:
             raise ShapeError(f"x must have rank >= 1, got {x}")
@@ -265,10 +393,14 @@ class matmul:
             raise ShapeError(f"x {x} has K = {k} but w {w} has K = {kw}")
         return TensorType(x.shape[:-1] + (w.shape[0],), x.dtype)
 
-    def ref(x, w, *, types):
-        wf = decode(w, types[1].dtype)
-        if x.shape[-1] != wf.shape[1]:
-            raise CkirError(f"x has K = {x.shape[-1]} but w has K = {wf.shape[1]}")
+    def ref(x, w, *, act, types):
+        d = types[1].dtype
+        if x.shape[-1] != w.shape[1] // d.block_bytes * d.block_size:
+            raise CkirError(f"x has K = {x.shape[-1]} but w has K = {w.shape[1] // d.block_bytes * d.block_size}")
+        if act == "q8" and x.dtype != np.float64:
+            y = _matmul_q8(x.reshape(-1, x.shape[-1]).astype(F32), w, d)
+            return y.reshape(x.shape[:-1] + (w.shape[0],)).astype(x.dtype)
+        wf = decode(w, d)
         c = np.float64 if x.dtype == np.float64 else F32
         return np.matmul(x.astype(c, copy=False), wf.astype(c, copy=False).T).astype(x.dtype, copy=False)
 
