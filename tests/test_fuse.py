@@ -71,5 +71,5 @@ def test_shared_intermediates_and_costly_broadcasts_stay_separate():
 
 
 def test_levels_not_implemented_are_errors():
-    with pytest.raises(ckir.PassError, match="level 2 .* is not implemented yet"):
-        ckir.run_pipeline(chain(), "fuse{level=2}")
+    with pytest.raises(ckir.PassError, match="level 3 .* is not implemented yet"):
+        ckir.run_pipeline(chain(), "fuse{level=3}")

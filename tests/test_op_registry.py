@@ -13,6 +13,8 @@ STRUCTURAL = {
     "ckir.weight": "needs a module weight: tests/test_ir.py::test_weight_op_roundtrip_and_run",
     "ckir.state": "needs a module state: tests/test_state.py",
     "fused.elementwise": "a body made by the fuse pass: tests/test_fuse.py",
+    "fused.reduction": "a body made by fuse{level=2}: tests/test_fuse_llvm.py",
+    "fused.matmul": "a body made by fuse{level=2}: tests/test_fuse_llvm.py",
     "ckir.write_state": "needs a module state: tests/test_state.py",
     "test.call": "declared by tests/conftest.py to exercise regions: tests/test_ir.py",
     # regions and sequence/optional operands (examples build tensor operands only)

@@ -42,6 +42,12 @@ def _body_cost(op, bind) -> Cost:
                 sum(r.type.nbytes(bind) for r in op.results))
 
 
+def _matmul_cost(op, bind) -> Cost:
+    c = _body_cost(op, bind)
+    out = sum(r.type.nbytes(bind) for r in op.results)
+    return Cost(c.flops, c.bytes_read + out, c.bytes_written + out)
+
+
 @declare
 class elementwise:
     """A chain of elementwise ops computed in one loop over its result: every body op is
@@ -69,3 +75,45 @@ def check_elementwise_body(body, result: TensorType) -> None:
         for r in o.results:
             if broadcast_shapes(r.type.shape, result.shape) != tuple(result.shape):
                 raise CkirError(f"{o.name}'s result {r.type} does not broadcast to {result}")
+
+
+@declare
+class reduction:
+    """A row normalization (nn.softmax, nn.log_softmax, nn.layer_norm or nn.rms_norm) with the
+    elementwise ops that produce its input (prologue: e.g. the scale and mask before a softmax,
+    the residual add before a layer_norm) and those that consume its result (epilogue: e.g. a
+    scale/shift after a norm), computed one row at a time: the prologue is recomputed in each
+    pass over the row instead of being written to memory, and the epilogue is applied before
+    the row is stored. Every body value broadcasts to the result's shape, which is the
+    normalization's."""
+    name = "fused.reduction"
+    operands = (Operand("xs", ANY, variadic=True),)
+    results = (Result("ys", variadic=True),)
+    traits = {"pure"}
+    regions = 1
+    declared_types = True
+    fold = False
+    verify = _verify_body
+    ref = _run_body
+    vjp = _vjp_through_body
+    cost = _body_cost
+
+
+@declare
+class matmul:
+    """An nn.matmul with its epilogue: elementwise ops applied to the product (bias, activation,
+    residual add, scaling), each of whose results has the product's shape, so they are applied
+    to each element of the product right after it is computed instead of in separate passes.
+    Its cost counts one more read and write of the result: the llvm backend applies the
+    epilogue in a pass over the product just after the matmul (not yet inside its tiles)."""
+    name = "fused.matmul"
+    operands = (Operand("xs", ANY, variadic=True),)
+    results = (Result("ys", variadic=True),)
+    traits = {"pure"}
+    regions = 1
+    declared_types = True
+    fold = False
+    verify = _verify_body
+    ref = _run_body
+    vjp = _vjp_through_body
+    cost = _matmul_cost
