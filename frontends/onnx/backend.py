@@ -2,7 +2,11 @@
 the returned rep's `run(inputs)` returns the outputs in graph order.
 
 The execution backend is `backend=` in prepare's options, else $CKIR_ONNX_BACKEND, else
-"interp"; the pass pipeline is `passes=` (default "canonicalize,cse,dce").
+"interp": `prepare(model, backend="llvm")` or `CKIR_ONNX_BACKEND=llvm` runs the model on the LLVM
+backend. The pass pipeline is `passes=` (default "canonicalize,cse,dce"); other options (e.g.
+`target=`, `threads=` for llvm) go to `ckir.compile`. On llvm, ops without a native kernel run
+through their interpreter reference; `rep.fallback_ops` lists them, and `native_only=True`
+makes prepare refuse (CkirError naming them) a model that would run any op that way.
 """
 from __future__ import annotations
 
@@ -35,6 +39,17 @@ class CkirRep(BackendRep):
             outs = self.compiled(*inputs)
         return self._Outputs(*[outs[n] for n in self.compiled.output_names])
 
+    @property
+    def fallback_ops(self) -> list[str]:
+        """Names of the ops (one entry per op instance) that the llvm backend runs through the
+        interpreter's reference instead of a native kernel; ops inside a region count through
+        their parent (If, Loop, Scan run in the interpreter). Empty on the interpreter backend,
+        where nothing is native to fall back from."""
+        plan = getattr(self.compiled._run, "plan", None)
+        if plan is None:
+            return []
+        return [op.opdef.name for op in plan.ref_ops]
+
 
 class CkirBackend(Backend):
     @classmethod
@@ -47,8 +62,23 @@ class CkirBackend(Backend):
             raise ckir.CkirError(f"ckir runs on CPU, not {device}")
         backend = kwargs.pop("backend", None) or os.environ.get("CKIR_ONNX_BACKEND", "interp")
         passes = kwargs.pop("passes", DEFAULT_PASSES)
+        native_only = kwargs.pop("native_only", False)
+        options = {k: kwargs.pop(k) for k in ("target", "threads", "cache") if k in kwargs}
         module = ckir.load(model) if isinstance(model, (str, os.PathLike)) else import_onnx(model)
-        return CkirRep(ckir.compile(module, backend=backend, passes=passes))
+        if native_only:
+            # checked before compiling, so a refused model costs no LLVM time
+            if backend != "llvm":
+                raise ckir.CkirError(f"native_only needs the llvm backend, not {backend}")
+            from ckir.backends.llvm.plan import classify
+            from ckir.pipeline import PassManager
+            if passes:
+                PassManager(passes).run(module)
+                passes = None
+            g = module.graph(None)
+            ref = sorted({op.opdef.name for op in g if op is not g.terminator and classify(op) == "ref"})
+            if ref:
+                raise ckir.CkirError("not native on llvm: the interpreter would run " + ", ".join(ref))
+        return CkirRep(ckir.compile(module, backend=backend, passes=passes, **options))
 
     @classmethod
     def run_model(cls, model, inputs, device: str = "CPU", **kwargs):

@@ -1,2 +1,5 @@
 """Kernel emitters, one module per op family; importing this package registers them."""
-from . import elementwise, movement, matmul, reduce  # noqa: F401
+from . import (  # noqa: F401
+    conv, elementwise, fused, matmul, movement, nn_attention, nn_axis, nn_bitcast, nn_loss, nn_scatter,
+    quant, reduce,
+)
