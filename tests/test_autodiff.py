@@ -241,3 +241,21 @@ def test_remat_statistic_and_no_op_when_nothing_is_cheap():
     pm = ckir.PassManager("autodiff{remat=true}")
     pm.run(m)
     assert pm.records[0]["statistics"]["ops recomputed"] == 0     # matmul and sum are kept
+
+
+def test_gradient_of_a_symbolic_dim_broadcast_at_run_time():
+    """x: [d] added to y: [3] is broadcast when d is 1 and not when d is 3; the gradient sums
+    over that axis only in the first call (nn.sum_to_like decides at run time)."""
+    g, b = new_graph("main", {"x": TensorType([ckir.Sym("d", 8)], "f64"), "y": TensorType([3], "f64")})
+    g.set_outputs([b.nn.sum(b.nn.mul(b.nn.add(g.inputs[0], g.inputs[1]), g.inputs[1]))], ["loss"])
+    m = Module("m")
+    m.add_graph(g)
+    ckir.run_pipeline(m, "autodiff{wrt=x,y}")
+    f = ckir.compile(m)
+    y = np.array([1.0, 2.0, 3.0])
+    for x in (np.array([5.0]), np.array([0.0, 1.0, 2.0])):
+        xt, yt = torch.tensor(x, requires_grad=True), torch.tensor(y, requires_grad=True)
+        ((xt + yt) * yt).sum().backward()
+        out = f(x, y)
+        np.testing.assert_allclose(out["grad.x"], xt.grad.numpy(), rtol=1e-12)
+        np.testing.assert_allclose(out["grad.y"], yt.grad.numpy(), rtol=1e-12)

@@ -47,10 +47,23 @@ def same_dtype(*types: TensorType):
     return d
 
 
+def _maybe_broadcast(t: TensorType, gt: TensorType) -> bool:
+    """Whether an operand of type t may have been broadcast to gt along an axis that is not
+    statically 1: a symbolic dim of t is 1 in some call while gt's dim there is not known to be
+    the same size."""
+    lead = gt.rank - t.rank
+    for d, e in zip(t.shape, gt.shape[lead:]):
+        if type(d) is not int and not (type(e) is not int and e.name is not None and e.name == d.name):
+            return True
+    return False
+
+
 def unbroadcast(b, g, x):
     """Sum the gradient `g` of a broadcast result back to operand `x` (a Value, or just its
     TensorType)."""
     t = x if isinstance(x, TensorType) else x.type
+    if not isinstance(x, TensorType) and _maybe_broadcast(t, g.type):
+        return b.nn.sum_to_like(g, x)      # which axes were broadcast is known only at run time
     if g.type is t:
         return g
     lead = g.type.rank - t.rank

@@ -247,8 +247,23 @@ def _slice_shape(shape, spec):
         if type(d) is int:
             out[a] = len(_slice_range(d, s, e, st))
         elif not _whole(s, e, st):
-            out[a] = ANYDIM
+            bound = _slice_bound(d.bound, s, e, st)
+            out[a] = ANYDIM if bound is None else Sym(None, bound)
     return out
+
+
+def _slice_bound(n, start, end, step):
+    """The most elements the slice can take from an axis of any size up to n (None: unbounded
+    n), from where start and end fall once negative ones count from the end."""
+    if step > 0:
+        span = {(False, False): end - start, (True, True): end - start, (True, False): -start,
+                (False, True): None if n is None else n + end - start}[start < 0, end < 0]
+    else:
+        # both negative: a start before the axis clamps to 0 and an end to -1, one element
+        span = {(False, False): start - end, (True, True): max(start - end, 1), (False, True): start + 1,
+                (True, False): None if n is None else n + start - end}[start < 0, end < 0]
+    cands = [c for c in (n, None if span is None else -(-max(span, 0) // abs(step))) if c is not None]
+    return min(cands) if cands else None
 
 
 def _slice_index(shape, spec):
@@ -271,8 +286,9 @@ class slice_:     # not `slice`, which would hide the builtin from the helpers a
     clamped to [0, dim] ([0, dim-1] for a negative step) and an end to [0, dim] ([-1, dim-1] for a
     negative step), so INT64_MAX / INT64_MIN mean "to the end" forward / backward. Steps may be
     negative, never 0. Axes absent: 0, 1, ...; steps absent: all 1. A slice of a symbolic dim has
-    size `?` unless it provably keeps the whole axis (start 0, end INT64_MAX, step 1; or start -1
-    or INT64_MAX, end INT64_MIN, step -1)."""
+    an unknown size with the bound the slice implies (`[?<=k]`: e.g. starts -1 takes at most one
+    element, a bounded dim at most its bound), unless it provably keeps the whole axis (start 0,
+    end INT64_MAX, step 1; or start -1 or INT64_MAX, end INT64_MIN, step -1)."""
     name = "nn.slice"
     operands = (Operand("x", ANY),)
     attrs = SLICE_ATTRS

@@ -8,11 +8,11 @@ import numpy as np
 
 from ckir import dtypes as dt
 from ckir.errors import ShapeError
-from ckir.opdef import ANY, Attr, Cost, Ex, Operand, declare, not_differentiable
+from ckir.opdef import ANY, FLOAT, Attr, Cost, Ex, Operand, declare, not_differentiable
 from ckir.types import ANY as ANYDIM
 from ckir.types import TensorType, broadcast_shapes, fmt_shape, with_bounds
 
-from ._util import data_movement_cost, norm_axes, unbroadcast, view_cost
+from ._util import data_movement_cost, norm_axes, numel, unbroadcast, view_cost
 
 
 def _sym_counts(dims):
@@ -26,6 +26,19 @@ def _sym_counts(dims):
         else:
             names.append(d.name)
     return static, sorted(names), anon
+
+
+def _one_more_sym(xdims, xs, xn, xa, ss, sn):
+    """The -1 of a reshape when x has exactly one named dim more than the known sizes and the
+    same static product (e.g. [seq, 256] to [-1, 4, 64] gives seq), else `?`."""
+    if xa or not ss or xs != ss or len(xn) != len(sn) + 1:
+        return ANYDIM
+    rest = list(xn)
+    for n in sn:
+        if n not in rest:
+            return ANYDIM
+        rest.remove(n)
+    return next(d for d in xdims if type(d) is not int and d.name == rest[0])
 
 
 @declare
@@ -58,7 +71,7 @@ class reshape:
                 elif same_syms and xs == 0:
                     raise ShapeError(f"-1 is ambiguous when reshaping an empty {x}")
                 else:
-                    d = ANYDIM
+                    d = _one_more_sym(x.shape, xs, xn, xa, ss, sn)
             out.append(d)
         if -1 not in shape and same_syms and xs != ss:
             raise ShapeError(f"cannot reshape {x} to {fmt_shape(shape)}: the sizes differ")
@@ -251,6 +264,46 @@ class broadcast_like:
         if g is None:
             return [None, None]
         return [unbroadcast(b, g, op.operands[0]), None]
+
+
+@declare
+class sum_to_like:
+    """The reverse of broadcasting: `g` summed down to the shape of `like` (only its shape is
+    read), over g's leading extra dims and over every axis where like has size 1 and g does not,
+    decided at run time. It is how a gradient goes back to an operand whose dims are not all
+    known statically (a `[d]` that is 1 in one call and 3 in the next). Sums of f16/bf16 run in
+    f32 and round once."""
+    name = "nn.sum_to_like"
+    operands = (Operand("g", FLOAT), Operand("like", ANY))
+    traits = {"pure", "reduction"}
+    examples = (Ex("f32[2,3]", "f32[1,3]"), Ex("f64[4,2,3]", "f64[3]"), Ex("f32[2,3]", "i64[2,1]"),
+                Ex("f64[3]", "f64[3]"), Ex("f16[2,5]", "f16[5]"))
+
+    def infer(g, like):
+        if like.rank > g.rank:
+            raise ShapeError(f"{like} has more dims than {g}")
+        for d, e in zip(like.shape, g.shape[g.rank - like.rank:]):
+            if type(d) is int and type(e) is int and d not in (1, e):
+                raise ShapeError(f"{g} cannot be summed to the shape of {like}")
+        return g.with_shape(like.shape)
+
+    def ref(g, like):
+        lead = g.ndim - like.ndim
+        if lead < 0 or any(d not in (1, e) for d, e in zip(like.shape, g.shape[lead:])):
+            raise ShapeError(f"an array of shape {list(g.shape)} cannot be summed to {list(like.shape)}")
+        axes = tuple(range(lead)) + tuple(lead + i for i, d in enumerate(like.shape)
+                                          if d == 1 and g.shape[lead + i] != 1)
+        w = g.astype(np.float32) if g.dtype.itemsize < 4 else g
+        return np.asarray(w.sum(axis=axes)).reshape(like.shape).astype(g.dtype)
+
+    def vjp(b, op, grad):
+        if grad is None:
+            return [None, None]
+        return [b.nn.broadcast_like(grad, op.operands[0]), None]
+
+    def cost(op, bind):
+        g = op.operands[0].type
+        return Cost(numel(g, bind), g.nbytes(bind), op.results[0].type.nbytes(bind))
 
 
 @declare
