@@ -235,6 +235,15 @@ def _nd_index(x_shape, indices, batch_dims):
     return tuple(parts)
 
 
+def _unit_index(x, indices, batch_dims):
+    """Empty index tuples (k = 0) address all of x[b]: numpy would drop the q dims for them,
+    so index a unit dim inserted after the batch dims instead (k = 1, always 0)."""
+    if indices.shape[-1]:
+        return x, indices
+    return (x.reshape(x.shape[:batch_dims] + (1,) + x.shape[batch_dims:]),
+            np.zeros(indices.shape[:-1] + (1,), indices.dtype))
+
+
 def _check_batch(x, indices, batch_dims):
     if x.shape[:batch_dims] != indices.shape[:batch_dims]:
         raise ShapeError(f"batch dims differ: x {list(x.shape)}, indices {list(indices.shape)}")
@@ -252,14 +261,17 @@ class gather_nd:
     examples = (Ex("f32[2,3]", np.array([[0, 2], [1, -1]], np.int64)),
                 Ex("f32[2,3,4]", np.array([[[1]], [[0]]], np.int32)),
                 Ex("f32[2,3,4]", np.array([[2, 1], [0, -4]], np.int64), batch_dims=1),
-                Ex("i32[2,2,2]", np.array([[1, 0, 1]], np.int64)))
+                Ex("i32[2,2,2]", np.array([[1, 0, 1]], np.int64)),
+                Ex("f32[2,3]", np.zeros((4, 0), np.int64)),
+                Ex("f32[2,3,2]", np.zeros((2, 3, 0), np.int64), batch_dims=1))
 
     def infer(x, indices, *, batch_dims):
         return x.with_shape(_nd_types(x, indices, batch_dims, "indices")[1])
 
     def ref(x, indices, *, batch_dims):
         _check_batch(x, indices, batch_dims)
-        return np.asarray(x[_nd_index(x.shape, indices, batch_dims)])
+        xk, ik = _unit_index(x, indices, batch_dims)
+        return np.asarray(xk[_nd_index(xk.shape, ik, batch_dims)])
 
     def vjp(b, op, g):
         if g is None:
@@ -292,7 +304,8 @@ class scatter_nd:
                    np.array([0.5, -0.2]), reduction="max"),
                 Ex(np.array([[0.1, 0.7], [-0.3, 0.2]]), np.array([[0, 1], [1, 0]], np.int64),
                    np.array([0.5, -0.9]), reduction="min"),
-                Ex("f32[2,3,4]", np.array([[2], [0]], np.int64), "f32[2,4]", batch_dims=1))
+                Ex("f32[2,3,4]", np.array([[2], [0]], np.int64), "f32[2,4]", batch_dims=1),
+                Ex("f32[2,3]", np.zeros((1, 0), np.int64), "f32[1,2,3]", reduction="add"))
 
     def infer(x, indices, updates, *, reduction, batch_dims):
         same_dtype(x, updates)
@@ -308,9 +321,9 @@ class scatter_nd:
         want = indices.shape[:-1] + x.shape[batch_dims + k:]
         if updates.shape != want:
             raise ShapeError(f"updates have shape {list(updates.shape)}, want {list(want)}")
-        y = wide(x).copy()
-        _scatter(y, _nd_index(x.shape, indices, batch_dims), wide(updates), reduction)
-        return y.astype(x.dtype, copy=False)
+        y, ik = _unit_index(wide(x).copy(), indices, batch_dims)
+        _scatter(y, _nd_index(y.shape, ik, batch_dims), wide(updates), reduction)
+        return y.reshape(x.shape).astype(x.dtype, copy=False)
 
     def vjp(b, op, g):
         idx = op.operands[1]
