@@ -20,6 +20,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--plugin", action="append", default=[], metavar="FILE.py",
                    help="load a Python file that registers passes (repeatable)")
     p.add_argument("--debug", action="store_true", help="show a traceback on errors")
+    p.add_argument("--no-cache", action="store_true",
+                   help="compile with the llvm backend without reading or writing the disk cache "
+                        "(CKIR_CACHE_DIR)")
 
 
 def _passes_arg(p, default=None):
@@ -467,6 +470,8 @@ def main(argv=None) -> int:
     if a.cmd is None:
         ap.print_help()
         return 1
+    if a.no_cache:
+        os.environ["CKIR_NO_CACHE"] = "1"      # read by the llvm backend's JIT cache
     try:
         from .pipeline import load_plugin
         for path in a.plugin:

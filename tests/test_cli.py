@@ -150,3 +150,16 @@ def test_export_onnx(tmp_path, capsys):
     rc, _, err = cli(capsys, "export-onnx", os.path.join(ROOT, "examples", "swish.ckir"), "-o", str(out),
                      "-p", "canonicalize")
     assert rc == 0, err
+
+
+def test_no_cache_flag(tmp_path, monkeypatch, capsys):
+    import os
+    monkeypatch.setenv("CKIR_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("CKIR_NO_CACHE", raising=False)
+    model = os.path.join(os.path.dirname(__file__), "..", "examples", "mlp.ckir")
+    args = ["run", model, "--random", "--bind", "batch=2", "--backend", "llvm"]
+    assert main(args + ["--no-cache"]) == 0
+    assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").rglob("*.*"))
+    monkeypatch.delenv("CKIR_NO_CACHE", raising=False)
+    assert main(args) == 0
+    assert any((tmp_path / "cache").rglob("*"))
