@@ -6,7 +6,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 
 import ckir
-from ckir import CkirError, Module, PassError, TensorType, new_graph
+from ckir import Module, PassError, TensorType, new_graph
 
 R = np.random.default_rng(0)
 

@@ -41,7 +41,7 @@ import llvmlite.ir as ir
 
 from ckir import dtypes as dt
 
-from ..codegen import F32, F64, I1, I8, I16, I32, I64, PTR, TASK_TY, VOID, emitter, mem_type, tensor_types_supported
+from ..codegen import F32, F64, I8, I32, I64, PTR, TASK_TY, VOID, emitter, mem_type, tensor_types_supported
 from .elementwise import _native_half, from_compute, to_compute
 
 # --- blocking per target -----------------------------------------------------------------------
