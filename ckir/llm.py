@@ -77,7 +77,8 @@ class _Graphs:
 class LLM:
     """A GGUF language model ready to run; see the module doc."""
 
-    def __init__(self, path, ctx: int | None = None, backend: str = "interp", threads: int | None = None):
+    def __init__(self, path, ctx: int | None = None, backend: str = "interp", threads: int | None = None,
+                 act: str = "q8"):
         from ckir.frontends.gguf import Reader
         from ckir.frontends.gguf.models import build, config
         t0 = time.perf_counter()
@@ -88,7 +89,7 @@ class LLM:
             raise CkirError(f"threads must be a positive int, got {threads!r}")
         self.reader = Reader(self.path)
         self.config = config(self.reader)
-        self.module = build(self.reader, ctx)
+        self.module = build(self.reader, ctx, act)
         self.ctx = self.module.graph("prefill").inputs[0].type.shape[0].bound
         self.backend, self.threads = backend, threads
         self._graphs = _Graphs(self.module, backend, threads)
@@ -304,6 +305,7 @@ def _softmax(z: np.ndarray) -> np.ndarray:
     return e / e.sum()
 
 
-def load(path, ctx: int | None = None, backend: str = "interp", threads: int | None = None) -> LLM:
-    """Load a GGUF language model (see LLM)."""
-    return LLM(path, ctx=ctx, backend=backend, threads=threads)
+def load(path, ctx: int | None = None, backend: str = "interp", threads: int | None = None,
+         act: str = "q8") -> LLM:
+    """Load a GGUF language model (see LLM; `act` as in frontends.gguf.models.build)."""
+    return LLM(path, ctx=ctx, backend=backend, threads=threads, act=act)

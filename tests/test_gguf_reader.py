@@ -382,6 +382,7 @@ def test_reader_metadata_every_value_type(tmp_path):
     assert r.metadata["t.arr.str"] == ["a", "", "ü🦙", " \n\t"]
     assert type(r.metadata["t.bool"]) is bool and r.metadata["t.arr.bool"] == [True, False, True]
     assert r.metadata["general.architecture"] == "llama" and r.version == 3
+    assert r.info_offset == g.tensors[0].field.offset      # the metadata ends where the infos start
 
 
 def test_reader_custom_alignment_and_no_tensors(tmp_path):

@@ -252,8 +252,8 @@ def _layers(r: Reader, c: Config):
 class _Net:
     """Builds one graph of the model with a Builder `b`."""
 
-    def __init__(self, m: Module, c: Config, b, ctx: int):
-        self.m, self.c, self.b, self.ctx = m, c, b, ctx
+    def __init__(self, m: Module, c: Config, b, ctx: int, act: str):
+        self.m, self.c, self.b, self.ctx, self.act = m, c, b, ctx, act
 
     def w(self, name):
         return self.b.weight(self.m, name)
@@ -265,7 +265,7 @@ class _Net:
         b, wt = self.b, self.m.weights[name].type
         w = self.w(name)
         if wt.dtype.is_quant:
-            y = b.quant.matmul(x, w)
+            y = b.quant.matmul(x, w, act=self.act)
         else:
             if wt.dtype is not dt.f32:
                 w = b.nn.cast(w, to="f32")
@@ -294,21 +294,26 @@ class _Net:
                        b.nn.div(self.const(inv, np.float32), self.w(freqs)))
         return b.nn.rope_cached(x, b.nn.cos(ang), b.nn.sin(ang), interleaved=c.rope_interleaved)
 
-    def forward(self, tokens, pos, seq, layers, emb, out, out_norm, freqs, all_logits: bool):
+    def forward(self, tokens, pos, layers, emb, out, out_norm, freqs, all_logits: bool):
         b, c = self.b, self.c
         x = self.embed(emb, tokens)                                   # [T, d]
         if c.embed_scale is not None:
             x = b.nn.mul(x, c.embed_scale)
         n = b.nn.size(tokens, axes=[0], dtype="i64")
         end = b.nn.add(pos, n)
-        positions = b.nn.arange_dyn(pos, end, self.const(1, np.int64))
+        # positions pos .. end-1 sliced from 0 .. ctx-1, so their size is bounded by ctx (a
+        # memory plan can place them; arange_dyn's size would be unbounded)
+        every = b.nn.arange(start=0, limit=self.ctx, dtype="i64")
+        positions = b.nn.slice_dyn(every, b.nn.reshape(pos, shape=[1]), b.nn.reshape(end, shape=[1]),
+                                   axes=[0])
         positions = b.nn.reshape_like(positions, tokens)              # [T]
         q_pos = b.nn.unsqueeze(positions, axes=[1])                   # [T, 1]
         for i, L in enumerate(layers):
             h = self.norm(x, L.attn_norm)
-            q = b.nn.reshape(self.linear(h, L.wq, L.bq), shape=[seq, c.n_head, c.head_dim])
-            k = b.nn.reshape(self.linear(h, L.wk, L.bk), shape=[seq, c.n_head_kv, c.head_dim])
-            v = b.nn.reshape(self.linear(h, L.wv, L.bv), shape=[seq, c.n_head_kv, c.head_dim_v])
+            # rows as -1, not the symbol seq: a backend sizes the result from its input alone
+            q = b.nn.reshape(self.linear(h, L.wq, L.bq), shape=[-1, c.n_head, c.head_dim])
+            k = b.nn.reshape(self.linear(h, L.wk, L.bk), shape=[-1, c.n_head_kv, c.head_dim])
+            v = b.nn.reshape(self.linear(h, L.wv, L.bv), shape=[-1, c.n_head_kv, c.head_dim_v])
             if c.qk_norm:
                 q, k = self.norm(q, L.q_norm), self.norm(k, L.k_norm)
             swa = c.swa[i]
@@ -320,8 +325,8 @@ class _Net:
                 a = self.ring_attention(i, q, k, v, pos, end, positions)
             else:
                 a = self.cached_attention(i, q, k, v, pos, end, c.window if swa else None)
-            a = b.nn.reshape(b.nn.transpose(a, perm=[1, 0, 2]), shape=[seq, c.n_head * c.head_dim_v])
-            a = self.linear(a, L.wo, L.bo)
+            a = b.nn.reshape(b.nn.transpose(a, perm=[1, 0, 2]), shape=[-1, c.n_head * c.head_dim_v])
+            a = b.nn.reshape_like(self.linear(a, L.wo, L.bo), x)      # [?, d] back to [seq, d]
             if c.post_norms:
                 a = self.norm(a, L.post_attn_norm)
             x = b.nn.add(x, a)
@@ -383,9 +388,14 @@ class _Net:
         return b.nn.attention(q, both[0], both[1], visible, scale=self.c.attn_scale)
 
 
-def build(source, ctx: int | None = None) -> Module:
+def build(source, ctx: int | None = None, act: str = "q8") -> Module:
     """A Module for the GGUF model at `source` (a path or a Reader) with a KV cache of `ctx`
-    positions (default: the training context, at most 2048)."""
+    positions (default: the training context, at most 2048). `act` is the quantized matmuls'
+    activation mode (quant.matmul): "q8" rounds activations to 8-bit blocks as llama.cpp does
+    (its numerics, and integer dot-product kernels); "f32" multiplies exactly by the decoded
+    weights (what an F32 copy of the file computes)."""
+    if act not in ("q8", "f32"):
+        raise CkirError(f"act must be q8 or f32, got {act!r}")
     r = source if isinstance(source, Reader) else Reader(source)
     c = config(r)
     if ctx is None:
@@ -402,8 +412,8 @@ def build(source, ctx: int | None = None) -> Module:
     seq = Sym("seq", ctx)
     for name, tdim, all_logits in (("prefill", seq, False), ("decode", 1, False), ("score", seq, True)):
         g, b = new_graph(name, {"tokens": TensorType((tdim,), I64), "pos": TensorType((), I64)})
-        net = _Net(m, c, b, ctx)
-        y = net.forward(g.inputs[0], g.inputs[1], tdim, layers, emb, out, out_norm, freqs, all_logits)
+        net = _Net(m, c, b, ctx, act)
+        y = net.forward(g.inputs[0], g.inputs[1], layers, emb, out, out_norm, freqs, all_logits)
         g.set_outputs([y], ["logits"])
         m.add_graph(g)
     return m

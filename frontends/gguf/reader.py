@@ -155,7 +155,8 @@ class _Cursor:
 class Reader:
     """A parsed, validated GGUF file. `metadata` maps keys to Python values (ints, floats,
     bools, str; arrays as lists); `tensors` maps names to TensorInfo in file order; `array(name)`
-    is a tensor's memory-mapped data."""
+    is a tensor's memory-mapped data; `info_offset` is where the tensor infos start (the bytes
+    before it are the header and the metadata)."""
 
     def __init__(self, path):
         self.path = os.fspath(path)
@@ -174,6 +175,7 @@ class Reader:
             vtype = cur.scalar("<I", f"the value type of key '{key}'")
             self.metadata[key] = cur.value(vtype, f"key '{key}'")
         self.alignment = self._alignment()
+        self.info_offset = cur.pos
         raw = [self._tensor_info(cur, i) for i in range(self._tensor_count)]
         self.data_offset = -(-cur.pos // self.alignment) * self.alignment
         self.tensors: dict[str, TensorInfo] = {}
