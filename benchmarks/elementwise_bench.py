@@ -22,13 +22,12 @@ from __future__ import annotations
 
 import argparse
 import ctypes
-import statistics
-import time
 
 import numpy as np
 
 import ckir
 from ckir.backends.llvm.codegen import find_emitter
+from _timing import timed  # noqa: E402
 
 OPS = {
     # name: (op, attrs, input shapes as functions of n)
@@ -43,18 +42,6 @@ OPS = {
     "silu": ("nn.silu", {}, lambda n: [(n,)]),
     "erf": ("nn.erf", {}, lambda n: [(n,)]),
 }
-
-
-def timed(fn, repeat: int, inner: int = 3) -> float:
-    """Median over `repeat` of the mean time of `inner` back-to-back calls (after a warm-up)."""
-    fn()
-    ts = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        for _ in range(inner):
-            fn()
-        ts.append((time.perf_counter() - t0) / inner)
-    return statistics.median(ts)
 
 
 def build(opname, attrs, shapes):

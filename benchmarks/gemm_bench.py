@@ -40,31 +40,14 @@ def _early_threads(argv):
 os.environ["OPENBLAS_NUM_THREADS"] = _early_threads(sys.argv[1:])   # before numpy is imported
 
 import ctypes  # noqa: E402
-import statistics  # noqa: E402
-import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 
 import ckir  # noqa: E402
 from ckir.backends.llvm.runtime import Runtime  # noqa: E402
+from _timing import timed  # noqa: E402
 
 SHAPES = "1x640x2048,128x640x2048,1024x1024x1024,512x4096x4096"
-
-
-def timed(fn, repeat: int, budget: float = 0.1) -> float:
-    """Median over `repeat` of the mean time of back-to-back calls filling about `budget` s."""
-    fn()
-    t0 = time.perf_counter()
-    fn()
-    one = max(time.perf_counter() - t0, 1e-7)
-    inner = max(1, int(budget / one))
-    ts = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        for _ in range(inner):
-            fn()
-        ts.append((time.perf_counter() - t0) / inner)
-    return statistics.median(ts)
 
 
 def build(m, k, n, tb):

@@ -16,9 +16,9 @@ import argparse
 import ctypes
 import glob
 import os
-import time
 
 import numpy as np
+from _timing import timed  # noqa: E402
 
 GGML_TYPES = {"q4_0": 2, "q4_1": 3, "q5_0": 6, "q5_1": 7, "q8_0": 8, "q2_k": 10, "q3_k": 11,
               "q4_k": 12, "q5_k": 13, "q6_k": 14}
@@ -88,17 +88,6 @@ def ckir_matmul(qtype: str, n: int, k: int, threads: int, target=None):
     return lambda x, w: f(x, w)["y"]
 
 
-def timeit(fn, reps: int, inner: int) -> float:
-    fn()
-    ts = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        for _ in range(inner):
-            fn()
-        ts.append((time.perf_counter() - t) / inner)
-    return float(np.median(ts))
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--threads", type=int, default=2)
@@ -122,20 +111,20 @@ def main(argv=None):
         w = ggml.random_blocks(d, (N, K), r)
         wf = ggml.decode(w, d)
         copy_dst = np.empty_like(w)
-        t_copy = timeit(lambda: np.copyto(copy_dst, w), a.reps, 5)
+        t_copy = timed(lambda: np.copyto(copy_dst, w), a.reps, 5)
         f = ckir_matmul(qtype, N, K, a.threads, a.target)
         for M in (1, 128):
             x = r.standard_normal((M, K)).astype(np.float32)
             inner = 10 if M == 1 else 1
-            t_ck = timeit(lambda: f(x, w), a.reps, inner)
-            t_np = timeit(lambda: x @ wf.T, a.reps, inner)
+            t_ck = timed(lambda: f(x, w), a.reps, inner)
+            t_np = timed(lambda: x @ wf.T, a.reps, inner)
             ops = 2 * M * N * K
             line = (f"{qtype} {M}x{K}x{N}: ckir {t_ck * 1e3:8.2f} ms {w.nbytes / t_ck / 1e9:6.1f} GB/s "
                     f"{ops / t_ck / 1e9:6.1f} GOPS | numpy f32 (dequantized) {t_np * 1e3:8.2f} ms "
                     f"x{t_np / t_ck:5.2f}")
             if lc is not None and qtype in GGML_TYPES:
                 run = lc.matmul(x, w, qtype, a.threads, repeat=inner)
-                t_lc = timeit(run, a.reps, 1) / inner
+                t_lc = timed(run, a.reps, 1) / inner
                 y_lc, y_ck = run().copy(), f(x, w)
                 err = float(np.abs(y_lc - y_ck).max() / np.abs(y_lc).max())
                 run.free()

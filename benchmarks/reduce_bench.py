@@ -21,24 +21,12 @@ from __future__ import annotations
 
 import argparse
 import ctypes
-import statistics
-import time
 
 import numpy as np
 
 import ckir
 from ckir.backends.llvm.kernels import reduce as R
-
-
-def timed(fn, repeat: int, inner: int = 3) -> float:
-    fn()
-    ts = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        for _ in range(inner):
-            fn()
-        ts.append((time.perf_counter() - t0) / inner)
-    return statistics.median(ts)
+from _timing import timed  # noqa: E402
 
 
 def module(opname, attrs, shapes):
