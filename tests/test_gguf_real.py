@@ -302,8 +302,8 @@ def test_gemma3_greedy_32_tokens_match_llama_cpp(llm, twin):
     _greedy(GEMMA, llm, twin)
 
 
-@pytest.mark.skipif(not SLOW, reason="slow (compiling the model, and quantized matmuls that fall "
-                                     "back to the interpreter): set CKIR_SLOW_TESTS=1")
+@pytest.mark.skipif(not SLOW, reason="slow (LLVM compiles every layer's kernels: ~100 s "
+                                     "for SmolLM2 on 2 cores): set CKIR_SLOW_TESTS=1")
 @pytest.mark.parametrize("name", MODELS)
 def test_llvm_greedy_32_tokens_match_llama_cpp(name, llm, twin):
     _greedy(name, llm, twin, backend="llvm")
