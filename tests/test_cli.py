@@ -155,11 +155,13 @@ def test_export_onnx(tmp_path, capsys):
 def test_no_cache_flag(tmp_path, monkeypatch, capsys):
     import os
     monkeypatch.setenv("CKIR_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.delenv("CKIR_NO_CACHE", raising=False)
+    # main() sets CKIR_NO_CACHE in os.environ; setting it here first makes monkeypatch restore
+    # the original (absent) value afterwards, so other tests in this process keep their cache
+    monkeypatch.setenv("CKIR_NO_CACHE", "0")
     model = os.path.join(os.path.dirname(__file__), "..", "examples", "mlp.ckir")
     args = ["run", model, "--random", "--bind", "batch=2", "--backend", "llvm"]
     assert main(args + ["--no-cache"]) == 0
     assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").rglob("*.*"))
-    monkeypatch.delenv("CKIR_NO_CACHE", raising=False)
+    monkeypatch.setenv("CKIR_NO_CACHE", "0")
     assert main(args) == 0
     assert any((tmp_path / "cache").rglob("*"))
